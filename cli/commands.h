@@ -1,0 +1,13 @@
+// The shoal subcommands. Each registers its options on the CLI11 app and returns a callback that
+// runs it and gives the process exit code (0 success, 1 failure; 2 is usage, set by main).
+#pragma once
+
+#include <CLI/CLI.hpp>
+#include <functional>
+
+namespace shoal::cli {
+
+using Run = std::function<int()>;
+Run add_check_model(CLI::App& app);
+
+}  // namespace shoal::cli

@@ -1,0 +1,53 @@
+// The shoal binary: parses the command line (CLI11), runs one subcommand, and turns errors into one
+// clear message and an exit code (1 = failed, 2 = usage).
+#include <cstdio>
+#include <map>
+
+#include "base/error.h"
+#include "base/log.h"
+#include "cli/commands.h"
+
+int main(int argc, char** argv) {
+  CLI::App app{"shoal: post-train DeepSeek-style models (MLA, DeepSeekMoE) with SFT, DPO and RL"};
+  app.require_subcommand(1);
+  app.set_version_flag("--version", "shoal 0.1.0");
+  std::string level = "info";
+  app.add_option("--log-level", level, "debug, info, warn or error")->capture_default_str();
+  std::map<CLI::App*, shoal::cli::Run> runs;
+  auto add = [&](const char* name, const char* help, auto fn) {
+    CLI::App* sub = app.add_subcommand(name, help);
+    runs[sub] = fn(*sub);
+  };
+  add("check-model",
+      "Compare a checkpoint's logits, loss and gradients with a reference file (e.g. from "
+      "transformers)",
+      shoal::cli::add_check_model);
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    app.exit(e);
+    std::fprintf(stderr, "Run 'shoal --help' for usage.\n");
+    return 2;
+  }
+  shoal::log::set_level(level);
+  for (auto& [sub, run] : runs) {
+    if (!sub->parsed()) continue;
+    try {
+      return run();
+    } catch (const shoal::Error& e) {
+      std::fprintf(stderr, "shoal %s: error: %s\n", sub->get_name().c_str(), e.message().c_str());
+      shoal::log::debug("at {}:{}", e.file(), e.line());
+      return 1;
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "shoal %s: error: %s\n", sub->get_name().c_str(), e.what());
+      return 1;
+    }
+  }
+  return 2;
+}

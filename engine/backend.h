@@ -1,0 +1,133 @@
+// Backend: the ops the model is written in, one implementation per device (CPU here, CUDA in its
+// own issue). Every op takes engine Tensors, checks shapes, and computes in f32 unless noted.
+// Ops that produce gradients for parameters *accumulate* (+=) into them; everything else overwrites.
+// Not an autograd system: the model's layers call forward and backward ops explicitly.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace shoal {
+
+// Router parameters for DeepSeek's noaux_tc top-k (sigmoid scores, group-limited selection).
+struct RouterParams {
+  int64_t n_experts = 0, top_k = 0, n_group = 1, topk_group = 1;
+  bool norm_topk_prob = true;
+  float routed_scaling_factor = 1.0f;
+};
+
+struct AdamWParams {
+  float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, weight_decay = 0.0f;
+  int64_t step = 1;  // 1-based, for bias correction
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual Device device() const = 0;
+  virtual Allocator& allocator() = 0;
+  Tensor empty(const Shape& shape, DType dtype = DType::f32) {
+    return Tensor::empty(shape, dtype, allocator());
+  }
+  Tensor zeros(const Shape& shape, DType dtype = DType::f32) {
+    Tensor t = empty(shape, dtype);
+    zero(t);
+    return t;
+  }
+
+  // --- memory ---
+  virtual void zero(Tensor& t) = 0;
+  virtual void copy(const Tensor& src, Tensor& dst) = 0;  // any strides, same shape; converts dtype
+  virtual Tensor to_host(const Tensor& t) = 0;            // contiguous CPU copy
+  virtual Tensor from_host(const Tensor& t) = 0;          // contiguous copy on this device
+
+  // --- dense algebra ---
+  // c = alpha * op(a) @ op(b) + beta * c. 2-D f32 operands whose last stride is 1 (rows may be
+  // strided, so head slices of a [N, H*d] activation are valid operands without a copy).
+  virtual void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c,
+                      float alpha = 1.0f, float beta = 0.0f) = 0;
+  // y += alpha * x; same shape; contiguous, or 1-3-D views with unit last stride.
+  virtual void add(Tensor& y, const Tensor& x, float alpha = 1.0f) = 0;
+  virtual void scale(Tensor& y, float s) = 0;
+  virtual double sum_squares(const Tensor& x) = 0;
+
+  // --- normalization ---
+  // y = w * x / sqrt(mean(x^2) + eps) over the last dim; rstd[n] saved for backward. x: [N, D].
+  virtual void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y,
+                               Tensor& rstd) = 0;
+  // dx (overwritten), dw (accumulated).
+  virtual void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w,
+                                const Tensor& rstd, Tensor& dx, Tensor& dw) = 0;
+
+  // --- rotary embedding ---
+  // In place on x [N, H, d] (last stride 1): rotates pairs by angle positions[n] * inv_freq[i],
+  // cos/sin multiplied by attention_scaling. cos_sin: [P, d/2, 2] table (cos, sin) over positions.
+  // interleaved: pairs (2i, 2i+1) (DeepSeek checkpoint layout); else pairs (i, i + d/2).
+  // inverse: rotate by -angle (the backward of the forward rotation).
+  virtual void rope(Tensor& x, const Tensor& positions, const Tensor& cos_sin, bool interleaved,
+                    bool inverse) = 0;
+
+  // --- attention ---
+  // Causal softmax attention within each sequence of a packed batch. q, k: [N, H, dk];
+  // v: [N, H, dv] (last stride 1, other strides free); cu_seqlens: host offsets of the sequences
+  // (S+1 entries, from 0 to N). out: [N, H, dv]; lse: [H, N] log-sum-exp of the scaled scores.
+  virtual void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                 const std::vector<int64_t>& cu_seqlens, float scale, Tensor& out,
+                                 Tensor& lse) = 0;
+  // dq, dk, dv overwritten.
+  virtual void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
+                                  const Tensor& out, const Tensor& dout, const Tensor& lse,
+                                  const std::vector<int64_t>& cu_seqlens, float scale, Tensor& dq,
+                                  Tensor& dk, Tensor& dv) = 0;
+
+  // --- MLP pieces ---
+  // gate_up: [N, 2I] (gate columns then up columns); h = silu(gate) * up: [N, I].
+  virtual void swiglu_forward(const Tensor& gate_up, Tensor& h) = 0;
+  virtual void swiglu_backward(const Tensor& dh, const Tensor& gate_up, Tensor& dgate_up) = 0;
+
+  // --- embedding and loss ---
+  virtual void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out) = 0;
+  virtual void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) = 0;
+  // Cross-entropy of logits [N, V] against labels i32 [N] (-100 = ignored). Returns the summed
+  // loss (f64) over counted rows; when dlogits is given it is set to grad_scale * d(sum)/d(logits)
+  // (may alias logits). Labels out of [0, V) other than -100 are an error.
+  virtual double cross_entropy(const Tensor& logits, const Tensor& labels, float grad_scale,
+                               Tensor* dlogits) = 0;
+
+  // --- mixture of experts ---
+  // noaux_tc: scores = sigmoid(logits); choose with scores + bias (group-limited top-k), weigh
+  // with scores (normalized, scaled). logits [N, E] f32; topk_idx i32 [N, K]; topk_w [N, K].
+  // When use_given_idx, topk_idx is input (routing replay) and only the weights are computed.
+  virtual void route_noaux_tc(const Tensor& logits, const Tensor& bias, const RouterParams& p,
+                              Tensor& scores, Tensor& topk_idx, Tensor& topk_w,
+                              bool use_given_idx = false) = 0;
+  // dlogits [N, E] (overwritten) from dtopk_w [N, K].
+  virtual void route_backward(const Tensor& dtopk_w, const Tensor& scores, const Tensor& topk_idx,
+                              const RouterParams& p, Tensor& dlogits) = 0;
+  // Sorts the N*K (token, slot) assignments by expert: order i32 [N*K] holds flat slot indices
+  // n*K + k grouped by expert (stable within an expert); counts (host) the tokens per expert.
+  virtual void moe_sort(const Tensor& topk_idx, int64_t n_experts, Tensor& order,
+                        std::vector<int64_t>& counts) = 0;
+  // dst[i] = src[idx[i] / div] for rows (div = K maps slots to tokens).
+  virtual void gather_rows(const Tensor& src, const Tensor& idx, int64_t div, Tensor& dst) = 0;
+  // dst[idx[i] / div] += w[idx[i]] * src[i] (w optional: nullptr = 1).
+  virtual void scatter_add_rows(const Tensor& src, const Tensor& idx, int64_t div,
+                                const Tensor* w, Tensor& dst) = 0;
+  // out[idx[i]] = dot(a[i], b[i]) for rows.
+  virtual void row_dot_scatter(const Tensor& a, const Tensor& b, const Tensor& idx,
+                               Tensor& out) = 0;
+  // x[i] *= w[idx[i]] for rows.
+  virtual void scale_rows(Tensor& x, const Tensor& idx, const Tensor& w) = 0;
+
+  // --- optimizer ---
+  // One AdamW step with decoupled weight decay; param/grad/m/v same shape, f32.
+  virtual void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
+                     const AdamWParams& p) = 0;
+};
+
+std::unique_ptr<Backend> make_cpu_backend();
+Backend& cpu_backend();  // process-wide CPU backend
+
+}  // namespace shoal

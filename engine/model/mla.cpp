@@ -1,0 +1,149 @@
+// MLA forward/backward (MHA mode). Shapes: N tokens, H heads, dn/dr/dv = nope/rope/value head
+// dims, dq = dn + dr. RoPE is applied in the checkpoint's interleaved pair layout; transformers
+// de-interleaves first, which permutes q and k identically and so leaves every dot product (and so
+// every output and gradient) unchanged.
+#include "engine/model/mla.h"
+
+namespace shoal {
+
+Mla::Mla(const ModelConfig& c, ParamSet& ps, const std::string& prefix) : c_(c), prefix_(prefix) {
+  int64_t d = c.hidden_size, h = c.num_attention_heads, dq = c.qk_head_dim();
+  auto add = [&](const std::string& n, Shape s) { return ps.add(prefix + n, s); };
+  if (c.q_lora_rank > 0) {
+    w_.q_a = ps[add("q_a_proj.weight", {c.q_lora_rank, d})].value;
+    w_.q_a_norm = ps[add("q_a_layernorm.weight", {c.q_lora_rank})].value;
+    w_.q_b = ps[add("q_b_proj.weight", {h * dq, c.q_lora_rank})].value;
+  } else {
+    w_.q_proj = ps[add("q_proj.weight", {h * dq, d})].value;
+  }
+  w_.kv_a = ps[add("kv_a_proj_with_mqa.weight", {c.kv_lora_rank + c.qk_rope_head_dim, d})].value;
+  w_.kv_a_norm = ps[add("kv_a_layernorm.weight", {c.kv_lora_rank})].value;
+  w_.kv_b = ps[add("kv_b_proj.weight", {h * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank})]
+                .value;
+  w_.o = ps[add("o_proj.weight", {d, h * c.v_head_dim})].value;
+  bind(ps);
+}
+
+void Mla::bind(ParamSet& ps) {
+  auto g = [&](const char* n) { return ps.get(prefix_ + n).grad; };
+  if (c_.q_lora_rank > 0) {
+    w_.g_q_a = g("q_a_proj.weight");
+    w_.g_q_a_norm = g("q_a_layernorm.weight");
+    w_.g_q_b = g("q_b_proj.weight");
+  } else {
+    w_.g_q_proj = g("q_proj.weight");
+  }
+  w_.g_kv_a = g("kv_a_proj_with_mqa.weight");
+  w_.g_kv_a_norm = g("kv_a_layernorm.weight");
+  w_.g_kv_b = g("kv_b_proj.weight");
+  w_.g_o = g("o_proj.weight");
+}
+
+void Mla::forward(Backend& be, const Tensor& x, const AttentionInputs& in, Tensor& y,
+                  MlaSaved& s) {
+  const int64_t n = x.size(0), h = c_.num_attention_heads, dn = c_.qk_nope_head_dim,
+                dr = c_.qk_rope_head_dim, dv = c_.v_head_dim, dq = dn + dr, rkv = c_.kv_lora_rank;
+  const float eps = float(c_.rms_norm_eps);
+  s.x = x;
+  s.q = be.empty({n, h * dq});
+  if (c_.q_lora_rank > 0) {
+    s.q_a = be.empty({n, c_.q_lora_rank});
+    s.q_a_n = be.empty({n, c_.q_lora_rank});
+    s.q_a_rstd = be.empty({n});
+    be.matmul(x, false, w_.q_a, true, s.q_a);
+    be.rmsnorm_forward(s.q_a, w_.q_a_norm, eps, s.q_a_n, s.q_a_rstd);
+    be.matmul(s.q_a_n, false, w_.q_b, true, s.q);
+  } else {
+    be.matmul(x, false, w_.q_proj, true, s.q);
+  }
+  Tensor q3 = s.q.view({n, h, dq});
+  Tensor q_pe = q3.slice(2, dn, dq);
+  be.rope(q_pe, in.positions, in.cos_sin, c_.rope_interleave, false);
+
+  s.kv_a = be.empty({n, rkv + dr});
+  be.matmul(x, false, w_.kv_a, true, s.kv_a);
+  s.c_kv_n = be.empty({n, rkv});
+  s.kv_rstd = be.empty({n});
+  be.rmsnorm_forward(s.kv_a.slice(1, 0, rkv), w_.kv_a_norm, eps, s.c_kv_n, s.kv_rstd);
+  s.kv_b = be.empty({n, h * (dn + dv)});
+  be.matmul(s.c_kv_n, false, w_.kv_b, true, s.kv_b);
+  Tensor kv3 = s.kv_b.view({n, h, dn + dv});
+
+  // k = [k_nope (per head); rope(k_pe) (shared by all heads)].
+  s.k = be.empty({n, h, dq});
+  Tensor k_pe = be.empty({n, 1, dr});
+  Tensor k_pe2 = k_pe.select(1, 0);
+  be.copy(s.kv_a.slice(1, rkv, rkv + dr), k_pe2);
+  be.rope(k_pe, in.positions, in.cos_sin, c_.rope_interleave, false);
+  Tensor k_nope_dst = s.k.slice(2, 0, dn);
+  be.copy(kv3.slice(2, 0, dn), k_nope_dst);
+  for (int64_t hh = 0; hh < h; ++hh) {
+    Tensor dst = s.k.select(1, hh).slice(1, dn, dq);
+    be.copy(k_pe.select(1, 0), dst);
+  }
+
+  s.attn = be.empty({n, h, dv});
+  s.lse = be.empty({h, n});
+  be.attention_forward(q3, s.k, kv3.slice(2, dn, dn + dv), in.cu_seqlens,
+                       float(c_.softmax_scale()), s.attn, s.lse);
+  be.matmul(s.attn.view({n, h * dv}), false, w_.o, true, y);
+}
+
+void Mla::backward(Backend& be, const MlaSaved& s, const AttentionInputs& in, const Tensor& dy,
+                   Tensor& dx) {
+  const int64_t n = dy.size(0), h = c_.num_attention_heads, dn = c_.qk_nope_head_dim,
+                dr = c_.qk_rope_head_dim, dv = c_.v_head_dim, dq = dn + dr, rkv = c_.kv_lora_rank;
+  Tensor attn2 = s.attn.view({n, h * dv});
+  be.matmul(dy, true, attn2, false, w_.g_o, 1.0f, 1.0f);
+  Tensor dattn = be.empty({n, h, dv});
+  Tensor dattn2 = dattn.view({n, h * dv});
+  be.matmul(dy, false, w_.o, false, dattn2);
+
+  Tensor dqt = be.empty({n, h, dq}), dk = be.empty({n, h, dq});
+  Tensor dkv_b = be.empty({n, h, dn + dv});
+  Tensor dv_view = dkv_b.slice(2, dn, dn + dv);
+  Tensor kv3 = s.kv_b.view({n, h, dn + dv});
+  Tensor dv_tmp = be.empty({n, h, dv});
+  be.attention_backward(s.q.view({n, h, dq}), s.k, kv3.slice(2, dn, dn + dv), s.attn, dattn,
+                        s.lse, in.cu_seqlens, float(c_.softmax_scale()), dqt, dk, dv_tmp);
+  be.copy(dv_tmp, dv_view);
+  Tensor dk_nope_dst = dkv_b.slice(2, 0, dn);
+  be.copy(dk.slice(2, 0, dn), dk_nope_dst);
+
+  // k_pe is shared by every head: its gradient is the sum over heads, then the inverse rotation.
+  Tensor dkv_a = be.empty({n, rkv + dr});
+  Tensor dk_pe = be.zeros({n, dr});
+  for (int64_t hh = 0; hh < h; ++hh) be.add(dk_pe, dk.select(1, hh).slice(1, dn, dq));
+  Tensor dk_pe3 = dk_pe.view({n, 1, dr});
+  be.rope(dk_pe3, in.positions, in.cos_sin, c_.rope_interleave, true);
+  Tensor dkv_a_pe = dkv_a.slice(1, rkv, rkv + dr);
+  be.copy(dk_pe, dkv_a_pe);
+
+  Tensor dkv_b2 = dkv_b.view({n, h * (dn + dv)});
+  be.matmul(dkv_b2, true, s.c_kv_n, false, w_.g_kv_b, 1.0f, 1.0f);
+  Tensor dc_kv_n = be.empty({n, rkv});
+  be.matmul(dkv_b2, false, w_.kv_b, false, dc_kv_n);
+  Tensor dc_kv = dkv_a.slice(1, 0, rkv);
+  be.rmsnorm_backward(dc_kv_n, s.kv_a.slice(1, 0, rkv), w_.kv_a_norm, s.kv_rstd, dc_kv,
+                      w_.g_kv_a_norm);
+  be.matmul(dkv_a, true, s.x, false, w_.g_kv_a, 1.0f, 1.0f);
+  be.matmul(dkv_a, false, w_.kv_a, false, dx);
+
+  Tensor dq_pe = dqt.slice(2, dn, dq);
+  be.rope(dq_pe, in.positions, in.cos_sin, c_.rope_interleave, true);
+  Tensor dq2 = dqt.view({n, h * dq});
+  if (c_.q_lora_rank > 0) {
+    be.matmul(dq2, true, s.q_a_n, false, w_.g_q_b, 1.0f, 1.0f);
+    Tensor dq_a_n = be.empty({n, c_.q_lora_rank});
+    be.matmul(dq2, false, w_.q_b, false, dq_a_n);
+    Tensor dq_a = be.empty({n, c_.q_lora_rank});
+    be.rmsnorm_backward(dq_a_n, s.q_a, w_.q_a_norm, s.q_a_rstd, dq_a, w_.g_q_a_norm);
+    be.matmul(dq_a, true, s.x, false, w_.g_q_a, 1.0f, 1.0f);
+    be.matmul(dq_a, false, w_.q_a, false, dx, 1.0f, 1.0f);
+  } else {
+    be.matmul(dq2, true, s.x, false, w_.g_q_proj, 1.0f, 1.0f);
+    be.matmul(dq2, false, w_.q_proj, false, dx, 1.0f, 1.0f);
+  }
+}
+
+}  // namespace shoal

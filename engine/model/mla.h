@@ -1,0 +1,49 @@
+// Multi-head Latent Attention in "MHA mode" (training and prefill): queries through an optional
+// low-rank q path, keys/values from a compressed latent c_kv plus one shared RoPE key per token.
+// Decode with weight absorption over the latent cache belongs to the generation engine.
+#pragma once
+
+#include "engine/backend.h"
+#include "engine/model/config.h"
+#include "engine/model/params.h"
+
+namespace shoal {
+
+struct MlaWeights {
+  // q path: with q LoRA, q_a [r_q, D], q_a_norm [r_q], q_b [H*dq, r_q]; without, q_proj [H*dq, D].
+  Tensor q_a, q_a_norm, q_b, q_proj;
+  Tensor kv_a, kv_a_norm, kv_b, o;  // [r_kv+dr, D], [r_kv], [H*(dn+dv), r_kv], [D, H*dv]
+  Tensor g_q_a, g_q_a_norm, g_q_b, g_q_proj, g_kv_a, g_kv_a_norm, g_kv_b, g_o;
+};
+
+struct MlaSaved {
+  Tensor x, q_a, q_a_rstd, q_a_n, q, kv_a, kv_rstd, c_kv_n, k, kv_b, attn, lse;
+};
+
+// Parameter tensors are bound once at construction: loading and optimizer steps write into them,
+// never replace them.
+
+// Per-batch inputs shared by every attention layer.
+struct AttentionInputs {
+  Tensor positions;                 // i32 [N]
+  std::vector<int64_t> cu_seqlens;  // sequence offsets, 0..N
+  Tensor cos_sin;                   // rope table [P, dr/2, 2]
+};
+
+class Mla {
+ public:
+  Mla(const ModelConfig& c, ParamSet& params, const std::string& prefix);
+  // y = attention(x); x: [N, D] (already normed), y: [N, D].
+  void forward(Backend& be, const Tensor& x, const AttentionInputs& in, Tensor& y, MlaSaved& s);
+  // dx = d/dx (overwritten); parameter gradients accumulate.
+  void backward(Backend& be, const MlaSaved& s, const AttentionInputs& in, const Tensor& dy,
+                Tensor& dx);
+
+ private:
+  void bind(ParamSet& params);
+  const ModelConfig& c_;
+  std::string prefix_;
+  MlaWeights w_;
+};
+
+}  // namespace shoal

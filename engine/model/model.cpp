@@ -1,0 +1,384 @@
+// DeepSeek-V3 model: parameter layout, checkpoint mapping, forward and backward.
+#include "engine/model/model.h"
+
+#include <algorithm>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <random>
+#include <unistd.h>
+
+#include "base/log.h"
+#include "engine/model/rope_table.h"
+#include "engine/safetensors.h"
+
+namespace shoal {
+
+namespace fs = std::filesystem;
+
+struct Model::Layer {
+  std::string prefix;
+  Tensor ln1, g_ln1, ln2, g_ln2;
+  std::unique_ptr<Mla> attn;
+  std::unique_ptr<Moe> moe;
+  SwiGluWeights mlp;  // dense layers
+};
+
+struct LayerSaved {
+  Tensor x_in, xn1, rstd1, h1, xn2, rstd2;
+  MlaSaved attn;
+  MoeSaved moe;
+  SwiGluSaved mlp;
+};
+
+struct Model::Saved {
+  Tensor ids;
+  AttentionInputs in;
+  std::vector<LayerSaved> layers;
+  Tensor x_final, xn_final, rstd_final, dlogits;
+};
+
+Batch Batch::next_token(const std::vector<std::vector<int32_t>>& seqs) {
+  int64_t n = 0;
+  for (auto& s : seqs) n += int64_t(s.size());
+  Batch b;
+  b.ids = Tensor::empty({n}, DType::i32);
+  b.labels = Tensor::empty({n}, DType::i32);
+  b.positions = Tensor::empty({n}, DType::i32);
+  b.cu_seqlens = {0};
+  int64_t o = 0;
+  for (auto& s : seqs) {
+    for (size_t t = 0; t < s.size(); ++t, ++o) {
+      b.ids.i32()[o] = s[t];
+      b.labels.i32()[o] = t + 1 < s.size() ? s[t + 1] : -100;
+      b.positions.i32()[o] = int32_t(t);
+    }
+    b.cu_seqlens.push_back(o);
+  }
+  return b;
+}
+
+Model::Model(const ModelConfig& config, Backend& backend)
+    : config_(config), be_(&backend), params_(backend) {
+  config_.validate("model config");
+  SHOAL_CHECK(!config_.is_v32(),
+              "model_type deepseek_v32 needs DeepSeek Sparse Attention, which this engine does not "
+              "implement yet; only deepseek_v3 models can be run");
+  const ModelConfig& c = config_;
+  int64_t d = c.hidden_size;
+  {
+    auto& p = params_[params_.add("model.embed_tokens.weight", {c.vocab_size, d})];
+    embed_ = p.value, g_embed_ = p.grad;
+  }
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    auto layer = std::make_unique<Layer>();
+    std::string pre = fmt::format("model.layers.{}.", l);
+    layer->prefix = pre;
+    auto& ln1 = params_[params_.add(pre + "input_layernorm.weight", {d})];
+    layer->ln1 = ln1.value, layer->g_ln1 = ln1.grad;
+    layer->attn = std::make_unique<Mla>(config_, params_, pre + "self_attn.");
+    auto& ln2 = params_[params_.add(pre + "post_attention_layernorm.weight", {d})];
+    layer->ln2 = ln2.value, layer->g_ln2 = ln2.grad;
+    if (c.is_moe_layer(l)) {
+      layer->moe = std::make_unique<Moe>(config_, params_, pre + "mlp.");
+    } else {
+      int64_t in = c.intermediate_size;
+      auto& gu = params_[params_.add(pre + "mlp.gate_up_proj.weight", {2 * in, d})];
+      auto& dn = params_[params_.add(pre + "mlp.down_proj.weight", {d, in})];
+      layer->mlp = {gu.value, dn.value, gu.grad, dn.grad};
+    }
+    layers_.push_back(std::move(layer));
+  }
+  {
+    auto& p = params_[params_.add("model.norm.weight", {d})];
+    norm_ = p.value, g_norm_ = p.grad;
+  }
+  if (c.tie_word_embeddings) {
+    head_ = embed_, g_head_ = g_embed_;
+  } else {
+    auto& p = params_[params_.add("lm_head.weight", {c.vocab_size, d})];
+    head_ = p.value, g_head_ = p.grad;
+  }
+  for (auto& p : params_)
+    if (p.name.size() >= 11 && p.name.ends_with("norm.weight")) p.value.fill(1.0);
+}
+
+Model::~Model() = default;
+
+std::unique_ptr<Model> Model::from_pretrained(const std::string& dir, Backend& backend) {
+  auto m = std::make_unique<Model>(ModelConfig::load(dir), backend);
+  m->load_weights(dir);
+  return m;
+}
+
+void Model::init_random(uint64_t seed, float std) {
+  std::mt19937_64 rng(seed);
+  std::normal_distribution<float> normal(0.0f, std);
+  for (auto& p : params_) {
+    Tensor h = Tensor::empty(p.value.shape(), DType::f32);
+    float* v = h.f32();
+    if (p.name.ends_with("norm.weight")) {
+      std::fill(v, v + h.numel(), 1.0f);
+    } else if (p.name.ends_with("e_score_correction_bias")) {
+      std::fill(v, v + h.numel(), 0.0f);
+    } else {
+      for (int64_t i = 0; i < h.numel(); ++i) v[i] = normal(rng);
+    }
+    be_->copy(be_->from_host(h), p.value);
+  }
+}
+
+std::vector<CheckpointTensor> Model::checkpoint_tensors(bool grads) {
+  std::vector<CheckpointTensor> out;
+  auto val = [&](const std::string& name) -> Tensor {
+    Param& p = params_.get(name);
+    return grads ? p.grad : p.value;
+  };
+  auto split_gate_up = [&](const std::string& ckpt_prefix, const Tensor& gu) {
+    int64_t in = gu.size(0) / 2;
+    out.push_back({ckpt_prefix + "gate_proj.weight", gu.slice(0, 0, in)});
+    out.push_back({ckpt_prefix + "up_proj.weight", gu.slice(0, in, 2 * in)});
+  };
+  for (auto& p : params_) {
+    if (grads && !p.trainable) continue;
+    const std::string& n = p.name;
+    if (n.ends_with("mlp.gate_up_proj.weight")) {
+      split_gate_up(n.substr(0, n.size() - std::string("gate_up_proj.weight").size()), val(n));
+    } else if (n.ends_with("shared_experts.gate_up_proj.weight")) {
+      split_gate_up(n.substr(0, n.size() - std::string("gate_up_proj.weight").size()), val(n));
+    } else if (n.ends_with("experts.gate_up_proj")) {
+      std::string pre = n.substr(0, n.size() - std::string("gate_up_proj").size());
+      Tensor t = val(n);
+      for (int64_t e = 0; e < t.size(0); ++e)
+        split_gate_up(fmt::format("{}{}.", pre, e), t.select(0, e));
+    } else if (n.ends_with("experts.down_proj")) {
+      std::string pre = n.substr(0, n.size() - std::string("down_proj").size());
+      Tensor t = val(n);
+      for (int64_t e = 0; e < t.size(0); ++e)
+        out.push_back({fmt::format("{}{}.down_proj.weight", pre, e), t.select(0, e)});
+    } else {
+      out.push_back({n, val(n)});
+    }
+  }
+  return out;
+}
+
+namespace {
+// Layer index of a checkpoint name "model.layers.N....", or -1.
+int64_t layer_of(const std::string& name) {
+  const std::string pre = "model.layers.";
+  if (name.rfind(pre, 0) != 0) return -1;
+  size_t end = name.find('.', pre.size());
+  try {
+    return std::stoll(name.substr(pre.size(), end - pre.size()));
+  } catch (...) {
+    return -1;
+  }
+}
+}  // namespace
+
+void Model::load_weights(const std::string& dir) {
+  CheckpointReader reader = CheckpointReader::open(dir);
+  std::vector<std::string> used;
+  for (auto& ct : checkpoint_tensors(false)) {
+    SHOAL_CHECK(reader.has(ct.name), "{}: tensor '{}' is missing (the config needs {} {})", dir,
+                ct.name, dtype_name(DType::f32), shape_str(ct.view.shape()));
+    auto info = reader.info(ct.name);
+    const std::string file = reader.file_of(ct.name);
+    SHOAL_CHECK(info.shape == ct.view.shape(), "{}: tensor '{}' has shape {}, the config needs {}",
+                file, ct.name, shape_str(info.shape), shape_str(ct.view.shape()));
+    SHOAL_CHECK(is_floating(info.dtype), "{}: tensor '{}' has dtype {}, expected a float type",
+                file, ct.name, dtype_name(info.dtype));
+    Tensor src = reader.get(ct.name);
+    Tensor host;
+    if (info.dtype == DType::f8e4m3 || info.dtype == DType::f8e5m2) {
+      // Block-quantized FP8: weight = fp8 block x weight_scale_inv[block].
+      std::string sname = ct.name + "_scale_inv";
+      SHOAL_CHECK(reader.has(sname), "{}: FP8 tensor '{}' has no '{}'", file, ct.name, sname);
+      SHOAL_CHECK(src.ndim() == 2, "{}: FP8 tensor '{}' must be 2-D", file, ct.name);
+      Tensor scale = reader.get(sname).to(DType::f32);
+      int64_t rows = src.size(0), cols = src.size(1), br = config_.fp8_block_rows,
+              bc = config_.fp8_block_cols;
+      Shape want = {(rows + br - 1) / br, (cols + bc - 1) / bc};
+      SHOAL_CHECK(scale.shape() == want, "{}: '{}' has shape {}, expected {} for {}x{} blocks",
+                  reader.file_of(sname), sname, shape_str(scale.shape()), shape_str(want), br, bc);
+      host = src.to(DType::f32);
+      float* h = host.f32();
+      for (int64_t r = 0; r < rows; ++r)
+        for (int64_t c = 0; c < cols; ++c) h[r * cols + c] *= scale.f32()[(r / br) * want[1] + c / bc];
+      used.push_back(sname);
+    } else {
+      host = src;
+    }
+    if (be_->device() == Device::cpu) {
+      ct.view.copy_from(host);
+    } else {
+      be_->copy(be_->from_host(host.to(DType::f32)), ct.view);
+    }
+    used.push_back(ct.name);
+  }
+  std::sort(used.begin(), used.end());
+  int64_t ignored_mtp = 0;
+  std::vector<std::string> unknown;
+  for (auto& name : reader.names()) {
+    if (std::binary_search(used.begin(), used.end(), name)) continue;
+    if (layer_of(name) >= config_.num_hidden_layers)
+      ++ignored_mtp;  // MTP layers are stored after the decoder layers
+    else
+      unknown.push_back(name);
+  }
+  if (ignored_mtp) log::info("{}: {} MTP tensors not loaded (MTP is not used by this model)", dir,
+                             ignored_mtp);
+  if (!unknown.empty())
+    log::warn("{}: {} tensors not used by the model, e.g. '{}'", dir, unknown.size(), unknown[0]);
+}
+
+void Model::save(const std::string& dir, size_t max_shard_bytes) {
+  fs::path target(dir);
+  fs::path tmp = target;
+  tmp += fmt::format(".tmp-{}", ::getpid());
+  std::error_code ec;
+  fs::remove_all(tmp, ec);
+  fs::create_directories(tmp);
+  {
+    std::ofstream f(tmp / "config.json");
+    f << config_.to_json().dump(2) << "\n";
+    SHOAL_CHECK(f.good(), "cannot write {}", (tmp / "config.json").string());
+  }
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (auto& ct : checkpoint_tensors(false))
+    tensors.emplace_back(ct.name, be_->device() == Device::cpu ? ct.view : be_->to_host(ct.view));
+  write_checkpoint_shards(tmp.string(), tensors, max_shard_bytes);
+  fs::path old = target;
+  old += fmt::format(".old-{}", ::getpid());
+  if (fs::exists(target)) fs::rename(target, old);
+  fs::rename(tmp, target);
+  fs::remove_all(old, ec);
+}
+
+const Tensor& Model::rope_table(int64_t positions) {
+  if (!rope_table_.defined() || rope_table_.size(0) < positions) {
+    int64_t p = std::max<int64_t>(positions, std::min<int64_t>(config_.max_position_embeddings, 8192));
+    rope_table_ = be_->from_host(rope_cos_sin_table(config_, p));
+  }
+  return rope_table_;
+}
+
+ForwardResult Model::forward(const Batch& batch, const ForwardOptions& opt) {
+  const ModelConfig& c = config_;
+  Backend& be = *be_;
+  int64_t n = batch.tokens(), d = c.hidden_size;
+  SHOAL_CHECK(n > 0, "forward: empty batch");
+  SHOAL_CHECK(batch.ids.dtype() == DType::i32 && batch.labels.numel() == n &&
+                  batch.positions.numel() == n,
+              "forward: batch ids/labels/positions must be i32[{}]", n);
+  SHOAL_CHECK(batch.cu_seqlens.size() >= 2 && batch.cu_seqlens.back() == n,
+              "forward: cu_seqlens must end at the token count {}", n);
+  int32_t max_pos = 0;
+  for (int64_t i = 0; i < n; ++i) max_pos = std::max(max_pos, batch.positions.i32()[i]);
+  if (opt.replay_routing)
+    SHOAL_CHECK(int64_t(opt.replay_routing->size()) == c.num_hidden_layers,
+                "routing replay has {} layers, the model {}", opt.replay_routing->size(),
+                c.num_hidden_layers);
+
+  auto s = std::make_unique<Saved>();
+  s->ids = be.from_host(batch.ids);
+  s->in.positions = be.from_host(batch.positions);
+  s->in.cu_seqlens = batch.cu_seqlens;
+  s->in.cos_sin = rope_table(int64_t(max_pos) + 1);
+  const float eps = float(c.rms_norm_eps);
+
+  ForwardResult r;
+  Tensor x = be.empty({n, d});
+  be.embedding_forward(s->ids, embed_, x);
+  s->layers.resize(layers_.size());
+  r.routing.resize(layers_.size());
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    Layer& L = *layers_[l];
+    LayerSaved& ls = s->layers[l];
+    ls.x_in = x;
+    ls.xn1 = be.empty({n, d});
+    ls.rstd1 = be.empty({n});
+    be.rmsnorm_forward(x, L.ln1, eps, ls.xn1, ls.rstd1);
+    ls.h1 = be.empty({n, d});
+    L.attn->forward(be, ls.xn1, s->in, ls.h1, ls.attn);
+    be.add(ls.h1, x);
+    ls.xn2 = be.empty({n, d});
+    ls.rstd2 = be.empty({n});
+    be.rmsnorm_forward(ls.h1, L.ln2, eps, ls.xn2, ls.rstd2);
+    Tensor out = be.empty({n, d});
+    if (L.moe) {
+      const Tensor* replay = nullptr;
+      if (opt.replay_routing && (*opt.replay_routing)[l].defined())
+        replay = &(*opt.replay_routing)[l];
+      r.balance_loss += L.moe->forward(be, ls.xn2, s->in.cu_seqlens, out, ls.moe, replay,
+                                       opt.balance_alpha);
+      r.routing[l] = be.to_host(ls.moe.topk_idx);
+    } else {
+      swiglu_forward(be, L.mlp, ls.xn2, out, ls.mlp, false);
+    }
+    be.add(out, ls.h1);
+    x = out;
+  }
+  s->x_final = x;
+  s->xn_final = be.empty({n, d});
+  s->rstd_final = be.empty({n});
+  be.rmsnorm_forward(x, norm_, eps, s->xn_final, s->rstd_final);
+  Tensor logits = be.empty({n, c.vocab_size});
+  be.matmul(s->xn_final, false, head_, true, logits);
+  if (opt.keep_logits) r.logits = be.to_host(logits);
+
+  Tensor labels = be.from_host(batch.labels);
+  for (int64_t i = 0; i < n; ++i) r.targets += batch.labels.i32()[i] != -100;
+  float grad_scale = r.targets > 0 ? 1.0f / float(r.targets) : 0.0f;
+  double total = be.cross_entropy(logits, labels, grad_scale,
+                                  opt.need_backward ? &logits : nullptr);
+  r.ce_loss = r.targets > 0 ? total / double(r.targets) : 0.0;
+  r.loss = r.ce_loss + r.balance_loss;
+  if (opt.need_backward) {
+    s->dlogits = logits;
+    saved_ = std::move(s);
+  } else {
+    saved_.reset();
+  }
+  return r;
+}
+
+void Model::backward() {
+  SHOAL_CHECK(saved_ != nullptr, "backward() without a forward(need_backward = true) before it");
+  Backend& be = *be_;
+  Saved& s = *saved_;
+  int64_t n = s.x_final.size(0), d = config_.hidden_size;
+  be.matmul(s.dlogits, true, s.xn_final, false, g_head_, 1.0f, 1.0f);
+  Tensor dxn = be.empty({n, d});
+  be.matmul(s.dlogits, false, head_, false, dxn);
+  s.dlogits = Tensor();
+  Tensor dx = be.empty({n, d});
+  be.rmsnorm_backward(dxn, s.x_final, norm_, s.rstd_final, dx, g_norm_);
+  Tensor tmp = be.empty({n, d}), dh1 = be.empty({n, d});
+  for (size_t li = layers_.size(); li-- > 0;) {
+    Layer& L = *layers_[li];
+    LayerSaved& ls = s.layers[li];
+    // out = h1 + mlp(norm2(h1)):  dh1 = dout + norm2'(mlp'(dout)).
+    if (L.moe)
+      L.moe->backward(be, ls.moe, dx, tmp);
+    else
+      swiglu_backward(be, L.mlp, ls.mlp, dx, tmp, false);
+    be.rmsnorm_backward(tmp, ls.h1, L.ln2, ls.rstd2, dh1, L.g_ln2);
+    be.add(dh1, dx);
+    // h1 = x + attn(norm1(x)):  dx = dh1 + norm1'(attn'(dh1)).
+    L.attn->backward(be, ls.attn, s.in, dh1, tmp);
+    be.rmsnorm_backward(tmp, ls.x_in, L.ln1, ls.rstd1, dx, L.g_ln1);
+    be.add(dx, dh1);
+    ls = LayerSaved{};  // free activations as we go
+  }
+  be.embedding_backward(s.ids, dx, g_embed_);
+  saved_.reset();
+}
+
+void Model::update_router_bias(double gamma) {
+  for (auto& L : layers_)
+    if (L->moe) L->moe->update_bias(*be_, gamma);
+}
+
+}  // namespace shoal

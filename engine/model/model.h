@@ -1,0 +1,92 @@
+// The DeepSeek-V3 causal LM (REFERENCE.md §1): embedding, decoder layers (RMSNorm -> MLA -> residual,
+// RMSNorm -> dense SwiGLU or DeepSeekMoE -> residual), final RMSNorm, untied lm_head, next-token
+// cross-entropy. Forward saves what backward needs; backward is written out per layer (no tape).
+// Not here: decoding with a KV cache (generation engine), DSA (its own files), the optimizer.
+#pragma once
+
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "engine/backend.h"
+#include "engine/model/config.h"
+#include "engine/model/ffn.h"
+#include "engine/model/mla.h"
+#include "engine/model/moe.h"
+#include "engine/model/params.h"
+
+namespace shoal {
+
+// A packed batch of sequences. Host tensors; the model moves them to its backend.
+struct Batch {
+  Tensor ids;        // i32 [N]
+  Tensor labels;     // i32 [N]; -100 = no loss at this position
+  Tensor positions;  // i32 [N]; position of each token within its sequence
+  std::vector<int64_t> cu_seqlens;  // S+1 offsets from 0 to N
+  int64_t tokens() const { return ids.numel(); }
+  // Labels are the next token of the same sequence (last position of each sequence: -100).
+  static Batch next_token(const std::vector<std::vector<int32_t>>& sequences);
+};
+
+struct ForwardOptions {
+  bool keep_logits = false;     // return the logits (host copy, [N, V])
+  bool need_backward = true;    // compute d(loss)/d(logits) for backward()
+  double balance_alpha = 0.0;   // sequence-wise balance loss weight (0 = off)
+  // Routing replay: per layer (empty for dense layers) the expert ids i32 [N, K] to use.
+  const std::vector<Tensor>* replay_routing = nullptr;
+};
+
+struct ForwardResult {
+  double loss = 0;          // mean cross-entropy over labelled positions + balance loss
+  double ce_loss = 0;       // mean cross-entropy alone
+  double balance_loss = 0;  // summed over MoE layers
+  int64_t targets = 0;      // labelled positions
+  Tensor logits;            // host [N, V] when keep_logits
+  std::vector<Tensor> routing;  // per layer i32 [N, K] expert ids (host), empty for dense layers
+};
+
+class Model {
+ public:
+  Model(const ModelConfig& config, Backend& backend);
+  ~Model();
+  Model(const Model&) = delete;
+  Model& operator=(const Model&) = delete;
+
+  // Loads a Hugging Face checkpoint directory (config.json + safetensors).
+  static std::unique_ptr<Model> from_pretrained(const std::string& dir, Backend& backend);
+
+  const ModelConfig& config() const { return config_; }
+  ParamSet& params() { return params_; }
+  Backend& backend() { return *be_; }
+
+  // Normal(0, std) for matrices, 1 for norm weights, 0 for router biases. Deterministic in seed.
+  void init_random(uint64_t seed, float std = 0.02f);
+  // Every tensor under its Hugging Face checkpoint name, viewing values (or gradients).
+  std::vector<CheckpointTensor> checkpoint_tensors(bool grads = false);
+  // Reads every expected tensor from a checkpoint directory (dtype-converting, FP8-dequantizing);
+  // errors name the file and tensor.
+  void load_weights(const std::string& dir);
+  // Writes config.json + safetensors (sharded above max_shard_bytes) into dir, atomically.
+  void save(const std::string& dir, size_t max_shard_bytes = size_t(2) << 30);
+
+  ForwardResult forward(const Batch& batch, const ForwardOptions& options = {});
+  // Gradients of the last forward's loss, accumulated into params().grad.
+  void backward();
+  // Auxiliary-loss-free balancing: router bias += gamma * sign(mean load - load) per MoE layer.
+  void update_router_bias(double gamma);
+
+ private:
+  struct Layer;
+  struct Saved;
+  const Tensor& rope_table(int64_t positions);
+
+  ModelConfig config_;
+  Backend* be_;
+  ParamSet params_;
+  Tensor embed_, g_embed_, norm_, g_norm_, head_, g_head_;
+  std::vector<std::unique_ptr<Layer>> layers_;
+  Tensor rope_table_;
+  std::unique_ptr<Saved> saved_;
+};
+
+}  // namespace shoal

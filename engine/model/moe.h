@@ -1,0 +1,47 @@
+// DeepSeekMoE layer: noaux_tc router (sigmoid scores, bias for selection only, group-limited top-k,
+// normalized and scaled weights), routed SwiGLU experts stacked as [E, ...] tensors, shared experts,
+// the auxiliary-loss-free load counts for the router-bias update and the optional sequence-wise
+// balance loss.
+#pragma once
+
+#include "engine/model/config.h"
+#include "engine/model/ffn.h"
+#include "engine/model/params.h"
+
+namespace shoal {
+
+struct MoeSaved {
+  Tensor x, logits, scores, topk_idx, topk_w, order, xs, ys;
+  std::vector<int64_t> counts;
+  std::vector<SwiGluSaved> experts;  // one per expert (row slices of xs)
+  SwiGluSaved shared;
+  Tensor balance_dlogits;  // gradient of the balance loss w.r.t. router logits (when enabled)
+};
+
+class Moe {
+ public:
+  Moe(const ModelConfig& c, ParamSet& params, const std::string& prefix);
+  // y = moe(x). replay_idx (i32 [N, K]) forces the expert choice (routing replay); balance_alpha
+  // > 0 adds the sequence-wise balance loss, returned (already weighted by alpha).
+  double forward(Backend& be, const Tensor& x, const std::vector<int64_t>& cu_seqlens, Tensor& y,
+                 MoeSaved& s, const Tensor* replay_idx, double balance_alpha);
+  void backward(Backend& be, const MoeSaved& s, const Tensor& dy, Tensor& dx);
+
+  // Tokens routed to each expert since the last bias update (summed over forwards).
+  const std::vector<int64_t>& load() const { return load_; }
+  // bias_i += gamma * sign(mean_load - load_i); resets the counts.
+  void update_bias(Backend& be, double gamma);
+  Tensor bias() const { return bias_; }
+
+ private:
+  SwiGluWeights expert(int64_t e) const;
+  const ModelConfig& c_;
+  RouterParams rp_;
+  Tensor gate_, g_gate_, bias_;
+  Tensor gate_up_, g_gate_up_, down_, g_down_;  // [E, 2I, D], [E, D, I]
+  SwiGluWeights shared_;
+  bool has_shared_ = false;
+  std::vector<int64_t> load_;
+};
+
+}  // namespace shoal

@@ -1,0 +1,37 @@
+// AdamW over a model's trainable parameters, with f32 master weights (on the CPU backend the
+// parameters are f32 already, so they are their own master copy) and f32 moments. The state can be
+// saved and restored so a run resumes exactly.
+#pragma once
+
+#include <string>
+#include <vector>
+
+#include "engine/model/params.h"
+
+namespace shoal {
+
+struct AdamWConfig {
+  float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, weight_decay = 0.1f;
+  double grad_clip = 1.0;  // global-norm clip; <= 0 disables
+};
+
+class AdamW {
+ public:
+  AdamW(ParamSet& params, Backend& backend, const AdamWConfig& config);
+  // Clips gradients (when configured) and applies one update at learning rate lr (the schedule is
+  // the caller's). Returns the gradient norm before clipping. 1-D parameters (norm weights) get no
+  // weight decay.
+  double step(float lr);
+  int64_t steps() const { return step_; }
+  void save(const std::string& path);  // safetensors: m.<name>, v.<name>, metadata step
+  void load(const std::string& path);
+
+ private:
+  ParamSet* params_;
+  Backend* be_;
+  AdamWConfig cfg_;
+  std::vector<Tensor> m_, v_;  // per parameter (undefined for buffers)
+  int64_t step_ = 0;
+};
+
+}  // namespace shoal
