@@ -22,6 +22,8 @@ int main(int argc, char** argv) {
       "Compare a checkpoint's logits, loss and gradients with a reference file (e.g. from "
       "transformers)",
       shoal::cli::add_check_model);
+  add("pretrain", "Train a small model from scratch on a synthetic sequence task (CPU)",
+      shoal::cli::add_pretrain);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {

@@ -305,8 +305,6 @@ CheckpointReader CheckpointReader::open(const std::string& dir) {
   auto status = fs::status(dir, ec);
   SHOAL_CHECK(fs::exists(status), "checkpoint '{}' does not exist", dir);
 
-  // name -> file path from the index, checked once all shards are open.
-  std::vector<std::pair<std::string, std::string>> mapped;
   std::string index_path = (fs::path(dir) / kIndexName).string();
   if (fs::is_regular_file(status)) {
     r.files_.push_back(SafetensorsFile::open(dir));

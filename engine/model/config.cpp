@@ -416,7 +416,7 @@ json ModelConfig::to_json() const {
     if (rope.mscale != 0.0) rp["mscale"] = rope.mscale;
     if (rope.mscale_all_dim != 0.0) rp["mscale_all_dim"] = rope.mscale_all_dim;
     if (rope.attention_factor) rp["attention_factor"] = *rope.attention_factor;
-    rp["truncate"] = rope.truncate;
+    if (!rope.truncate) rp["truncate"] = false;  // true is the default
   }
   j["rope_parameters"] = rp;
   j["tie_word_embeddings"] = tie_word_embeddings;

@@ -32,8 +32,8 @@ class SafetensorsTest : public ::testing::Test {
   std::string path(const std::string& name) const { return (dir_ / name).string(); }
 
   // Writes raw bytes: 8-byte little-endian header length, the header, then the data.
-  std::string write_raw(const std::string& name, const std::string& header,
-                        const std::string& data, uint64_t header_len_override = UINT64_MAX) {
+  std::string write_raw(const std::string& name, const std::string& header, const std::string& data,
+                        uint64_t header_len_override = UINT64_MAX) {
     uint64_t n = header_len_override == UINT64_MAX ? header.size() : header_len_override;
     std::string bytes(8, '\0');
     for (int i = 0; i < 8; ++i) bytes[i] = char((n >> (8 * i)) & 0xff);
@@ -145,8 +145,9 @@ TEST_F(SafetensorsTest, ReadsGoldenTinyCheckpoint) {
 TEST_F(SafetensorsTest, ShardedWriteAndRead) {
   std::vector<std::pair<std::string, Tensor>> ts;
   for (int i = 0; i < 7; ++i)
-    ts.emplace_back(fmt::format("layer.{}.weight", i), f32_tensor({4, 8}, float(i * 100)));  // 128 B
-  ts.emplace_back("big", f32_tensor({100}, 0.0f));  // 400 B: larger than a shard, own shard
+    ts.emplace_back(fmt::format("layer.{}.weight", i),
+                    f32_tensor({4, 8}, float(i * 100)));  // 128 B
+  ts.emplace_back("big", f32_tensor({100}, 0.0f));        // 400 B: larger than a shard, own shard
   std::string ckpt = path("ckpt");
   write_checkpoint_shards(ckpt, ts, 300);  // two 128-byte tensors per shard
 
@@ -159,13 +160,15 @@ TEST_F(SafetensorsTest, ShardedWriteAndRead) {
   std::sort(files.begin(), files.end());
   EXPECT_EQ(files, expect_files);
 
-  nlohmann::json index = nlohmann::json::parse(std::ifstream(ckpt + "/model.safetensors.index.json"));
+  nlohmann::json index =
+      nlohmann::json::parse(std::ifstream(ckpt + "/model.safetensors.index.json"));
   EXPECT_EQ(index["metadata"]["total_size"], 7 * 128 + 400);
   EXPECT_EQ(index["weight_map"]["layer.0.weight"], "model-00001-of-00005.safetensors");
   EXPECT_EQ(index["weight_map"]["layer.2.weight"], "model-00002-of-00005.safetensors");
   EXPECT_EQ(index["weight_map"]["big"], "model-00005-of-00005.safetensors");
-  EXPECT_EQ(SafetensorsFile::open(ckpt + "/model-00003-of-00005.safetensors").metadata().at("format"),
-            "pt");
+  EXPECT_EQ(
+      SafetensorsFile::open(ckpt + "/model-00003-of-00005.safetensors").metadata().at("format"),
+      "pt");
 
   CheckpointReader r = CheckpointReader::open(ckpt);
   EXPECT_EQ(r.names().size(), ts.size());
@@ -236,8 +239,11 @@ TEST_F(SafetensorsTest, WriteErrors) {
   expect_error([&] { write_safetensors(bad, {{"x", f32_tensor({1}, 0)}}); }, {bad});
   EXPECT_FALSE(fs::exists(bad + ".tmp"));
   std::string p = path("dup.safetensors");
-  expect_error([&] { write_safetensors(p, {{"x", f32_tensor({1}, 0)}, {"x", f32_tensor({1}, 0)}}); },
-               {p, "'x'"});
+  expect_error(
+      [&] {
+        write_safetensors(p, {{"x", f32_tensor({1}, 0)}, {"x", f32_tensor({1}, 0)}});
+      },
+      {p, "'x'"});
   expect_error([&] { write_safetensors(p, {{"u", Tensor()}}); }, {p, "'u'", "undefined"});
   EXPECT_FALSE(fs::exists(p));
   EXPECT_FALSE(fs::exists(p + ".tmp"));
@@ -248,7 +254,8 @@ TEST_F(SafetensorsTest, WriteErrors) {
 }
 
 TEST_F(SafetensorsTest, MalformedFiles) {
-  const std::string ok_header = R"({"x.weight":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}})";
+  const std::string ok_header =
+      R"({"x.weight":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}})";
   const std::string data16(16, '\0');
   auto open = [&](const std::string& header, const std::string& data = std::string(16, '\0')) {
     return [p = write_raw("bad.safetensors", header, data)] { SafetensorsFile::open(p); };
@@ -342,7 +349,8 @@ TEST_F(SafetensorsTest, FuzzedHeadersNeverCrash) {
     int kind = int(rng() % 5);
     size_t region = size_t(8 + header_len);
     if (kind == 0) {  // flip 1-4 random bits in the length + header
-      for (int k = 0, n = 1 + int(rng() % 4); k < n; ++k) b[rng() % region] ^= char(1 << (rng() % 8));
+      for (int k = 0, n = 1 + int(rng() % 4); k < n; ++k)
+        b[rng() % region] ^= char(1 << (rng() % 8));
     } else if (kind == 1) {  // overwrite header bytes with interesting characters
       const char chars[] = "{}[]\":,-0123456789eE.\\ \x80\xff\0";
       for (int k = 0, n = 1 + int(rng() % 4); k < n; ++k)
@@ -350,8 +358,9 @@ TEST_F(SafetensorsTest, FuzzedHeadersNeverCrash) {
     } else if (kind == 2) {  // truncate anywhere
       b.resize(rng() % b.size());
     } else if (kind == 3) {  // random header length: small, near the real one, or huge
-      uint64_t n = rng() % 3 == 0 ? rng() : rng() % 3 == 0 ? header_len + (rng() % 64) - 32
-                                                           : rng() % (b.size() + 16);
+      uint64_t n = rng() % 3 == 0   ? rng()
+                   : rng() % 3 == 0 ? header_len + (rng() % 64) - 32
+                                    : rng() % (b.size() + 16);
       std::memcpy(b.data(), &n, 8);
     } else {  // change a digit inside the header (shapes / offsets stay syntactically valid)
       std::vector<size_t> digits;
@@ -359,7 +368,8 @@ TEST_F(SafetensorsTest, FuzzedHeadersNeverCrash) {
         if (b[i] >= '0' && b[i] <= '9') digits.push_back(i);
       b[digits[rng() % digits.size()]] = char('0' + rng() % 10);
     }
-    std::ofstream(fuzz, std::ios::binary | std::ios::trunc).write(b.data(), std::streamsize(b.size()));
+    std::ofstream(fuzz, std::ios::binary | std::ios::trunc)
+        .write(b.data(), std::streamsize(b.size()));
     try {
       SafetensorsFile f = SafetensorsFile::open(fuzz);
       ++opened;

@@ -1,0 +1,170 @@
+// Shared helpers for the finite-difference gradient checks (tests/engine/test_gradcheck_*.cpp).
+//
+// Method: for y = f(x, params) pick a fixed random cotangent r (shape of y) and let
+// L = sum(r * y), accumulated in double. The analytic directional derivative along a direction v
+// is <grad, v> with grad from the backward pass run with dy = r; the numeric one is the central
+// difference (L(x + h v) - L(x - h v)) / (2 h). Both are compared by the relative error
+// |num - ana| / max(|num|, |ana|, 1e-6).
+//
+// Perturbations are applied in place to the f32 tensor the forward reads (a parameter value, or
+// a view of an input) and undone by copying a saved clone back, so no rounding drift accumulates.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <functional>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "engine/backend.h"
+
+namespace shoal::gradcheck {
+
+inline Backend& be() { return cpu_backend(); }
+
+// Writes N(mean, std) values into t (any strides).
+inline void fill_normal(Tensor& t, std::mt19937& rng, float std = 1.0f, float mean = 0.0f) {
+  std::normal_distribution<float> nd(mean, std);
+  Tensor h = Tensor::empty(t.shape(), DType::f32);
+  for (int64_t i = 0; i < h.numel(); ++i) h.f32()[i] = nd(rng);
+  t.copy_from(h);
+}
+
+inline Tensor randn(const Shape& s, std::mt19937& rng, float std = 1.0f, float mean = 0.0f) {
+  Tensor t = Tensor::empty(s, DType::f32);
+  fill_normal(t, rng, std, mean);
+  return t;
+}
+
+// <a, b> in double; any strides, same shape.
+inline double dot(const Tensor& a, const Tensor& b) {
+  EXPECT_EQ(a.shape(), b.shape());
+  Tensor ac = a.contiguous(), bc = b.contiguous();
+  double s = 0;
+  for (int64_t i = 0; i < ac.numel(); ++i) s += double(ac.f32()[i]) * double(bc.f32()[i]);
+  return s;
+}
+
+inline double max_abs(const Tensor& a) {
+  Tensor ac = a.contiguous();
+  double m = 0;
+  for (int64_t i = 0; i < ac.numel(); ++i) m = std::max(m, double(std::fabs(ac.f32()[i])));
+  return m;
+}
+
+// Root mean square of the entries (the scale of a tensor, for relative finite-difference steps).
+inline double rms(const Tensor& a) {
+  Tensor ac = a.contiguous();
+  double s = 0;
+  for (int64_t i = 0; i < ac.numel(); ++i) s += double(ac.f32()[i]) * double(ac.f32()[i]);
+  return ac.numel() ? std::sqrt(s / double(ac.numel())) : 0.0;
+}
+
+inline double rel_err(double num, double ana) {
+  return std::fabs(num - ana) / std::max({std::fabs(num), std::fabs(ana), 1e-6});
+}
+
+// A one-hot tensor of `shape` with a 1 at flat (row-major) index i.
+inline Tensor one_hot(const Shape& shape, int64_t i) {
+  Tensor t = Tensor::zeros(shape, DType::f32);
+  t.f32()[i] = 1.0f;
+  return t;
+}
+
+// Central difference of loss() along v at the tensor t (which loss() reads; any view with unit
+// last stride, up to 3-D, or contiguous): D(h) = (L(t + h v) - L(t - h v)) / (2h), error O(h^2).
+// With `fourth_order`, the Richardson extrapolation D(h) + (D(h) - D(2h)) / 3 =
+// (8 (L(h) - L(-h)) - (L(2h) - L(-2h))) / (12 h), error O(h^4): for a whole layer the window
+// between f32 noise (small h) and curvature (large h) is narrow, and this widens it.
+inline double central_diff(Tensor t, const Tensor& v, double h,
+                           const std::function<double()>& loss, bool fourth_order = false) {
+  Tensor saved = t.clone();
+  auto at = [&](double step) {
+    be().add(t, v, float(step));
+    double l = loss();
+    t.copy_from(saved);
+    return l;
+  };
+  double d1 = (at(h) - at(-h)) / (2.0 * h);
+  if (!fourth_order) return d1;
+  double d2 = (at(2 * h) - at(-2 * h)) / (4.0 * h);
+  return d1 + (d1 - d2) / 3.0;
+}
+
+// Collects the comparisons of one test, asserts each against its tolerance and prints the
+// largest relative error at the end (the numbers quoted in reports).
+class Checker {
+ public:
+  explicit Checker(std::string name) : name_(std::move(name)) {}
+  ~Checker() {
+    std::printf("[gradcheck] %-44s checks %3d  skipped %2d  max rel err %.3e (%s)\n",
+                name_.c_str(), count_, skipped_, max_, worst_.c_str());
+  }
+  void check(const std::string& what, double num, double ana, double tol) {
+    double e = rel_err(num, ana);
+    ++count_;
+    if (e > max_) max_ = e, worst_ = what;
+    EXPECT_LE(e, tol) << name_ << ": " << what << ": numeric " << num << " analytic " << ana;
+  }
+  void skip() { ++skipped_; }
+  double max() const { return max_; }
+  const std::string& name() const { return name_; }
+
+ private:
+  std::string name_, worst_ = "-";
+  int count_ = 0, skipped_ = 0;
+  double max_ = 0;
+};
+
+// Flat indices of up to `count` random coordinates of g whose gradient is not negligible (>= 5%
+// of the largest component): tinier ones would only measure the finite-difference noise floor.
+inline std::vector<int64_t> pick_coords(const Tensor& g, int count, std::mt19937& rng) {
+  Tensor gc = g.contiguous();
+  double mx = max_abs(gc);
+  std::vector<int64_t> cand;
+  for (int64_t i = 0; i < gc.numel(); ++i)
+    if (mx > 0 && std::fabs(gc.f32()[i]) >= 0.05 * mx) cand.push_back(i);
+  std::shuffle(cand.begin(), cand.end(), rng);
+  if (int64_t(cand.size()) > count) cand.resize(size_t(count));
+  return cand;
+}
+
+// Checks `dirs` random directions and `coords` single coordinates of t (a tensor that loss()
+// reads) against its analytic gradient. For MoE routing, loss() sets *flipped when its forward
+// selected other experts than the unperturbed one: the loss is not differentiable across such a
+// change, so that direction is skipped (counted) and redrawn, at most 3x as many draws as checks;
+// every requested check must eventually run.
+inline void check_tensor(Checker& ck, const std::string& name, Tensor t, const Tensor& grad,
+                         double h, const std::function<double()>& loss, std::mt19937& rng,
+                         int dirs, int coords, double tol, bool* flipped = nullptr,
+                         bool fourth_order = false) {
+  std::vector<Tensor> vs;
+  for (int i = 0; i < dirs; ++i) vs.push_back(randn(t.shape(), rng));
+  for (int64_t c : pick_coords(grad, coords, rng)) vs.push_back(one_hot(t.shape(), c));
+  for (size_t i = 0; i < vs.size(); ++i) {
+    bool coord = int(i) >= dirs;
+    std::string what = name + (coord ? " coord " : " dir ") + std::to_string(i);
+    int draws = 0;
+    for (;;) {
+      if (flipped) *flipped = false;
+      double num = central_diff(t, vs[i], h, loss, fourth_order);
+      if (!(flipped && *flipped)) {
+        ck.check(what, num, dot(grad, vs[i]), tol);
+        break;
+      }
+      ck.skip();
+      if (++draws >= 3 || coord) {  // a coordinate is not redrawn
+        ADD_FAILURE() << ck.name() << ": " << what << ": the expert selection changed " << draws
+                      << " times; the test's shapes or step are not suitable";
+        break;
+      }
+      vs[i] = randn(t.shape(), rng);
+    }
+  }
+}
+
+}  // namespace shoal::gradcheck
