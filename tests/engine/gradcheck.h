@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "engine/backend.h"
+#include "engine/model/params.h"
 
 namespace shoal::gradcheck {
 
@@ -54,6 +55,20 @@ inline double max_abs(const Tensor& a) {
   double m = 0;
   for (int64_t i = 0; i < ac.numel(); ++i) m = std::max(m, double(std::fabs(ac.f32()[i])));
   return m;
+}
+
+// Random parameter values giving O(1) activations: matrices N(0, 1/fan_in) (fan_in = last dim),
+// norm weights 1 + N(0, 0.2), buffers (the router's e_score_correction_bias) N(0, 0.05).
+inline void fill_params(ParamSet& ps, std::mt19937& rng) {
+  for (auto& p : ps) {
+    if (!p.trainable) {
+      fill_normal(p.value, rng, 0.05f);
+    } else if (p.name.ends_with("norm.weight")) {
+      fill_normal(p.value, rng, 0.2f, 1.0f);
+    } else {
+      fill_normal(p.value, rng, 1.0f / std::sqrt(float(p.value.size(-1))));
+    }
+  }
 }
 
 // Root mean square of the entries (the scale of a tensor, for relative finite-difference steps).
@@ -129,41 +144,53 @@ inline std::vector<int64_t> pick_coords(const Tensor& g, int count, std::mt19937
   for (int64_t i = 0; i < gc.numel(); ++i)
     if (mx > 0 && std::fabs(gc.f32()[i]) >= 0.05 * mx) cand.push_back(i);
   std::shuffle(cand.begin(), cand.end(), rng);
-  if (int64_t(cand.size()) > count) cand.resize(size_t(count));
-  return cand;
+  std::vector<int64_t> out;
+  for (size_t i = 0; i < cand.size() && int64_t(i) < count; ++i) out.push_back(cand[i]);
+  return out;
 }
 
 // Checks `dirs` random directions and `coords` single coordinates of t (a tensor that loss()
-// reads) against its analytic gradient. For MoE routing, loss() sets *flipped when its forward
-// selected other experts than the unperturbed one: the loss is not differentiable across such a
-// change, so that direction is skipped (counted) and redrawn, at most 3x as many draws as checks;
-// every requested check must eventually run.
+// reads) against its analytic gradient. The step is relative: h = rel_step * |t| / |v|, so every
+// difference moves t by the same fraction of its norm whatever the direction (a random direction
+// and a one-hot one alike; an absolute step would move a single coordinate sqrt(numel) times
+// less and drown its difference in f32 noise).
+// For MoE routing, loss() sets *flipped when its forward selected other experts than the
+// unperturbed one: the loss is not differentiable across such a change, so that direction (or
+// coordinate) is skipped, counted, and redrawn, at most 5 draws per check; every requested check
+// must eventually run.
 inline void check_tensor(Checker& ck, const std::string& name, Tensor t, const Tensor& grad,
-                         double h, const std::function<double()>& loss, std::mt19937& rng,
+                         double rel_step, const std::function<double()>& loss, std::mt19937& rng,
                          int dirs, int coords, double tol, bool* flipped = nullptr,
                          bool fourth_order = false) {
-  std::vector<Tensor> vs;
-  for (int i = 0; i < dirs; ++i) vs.push_back(randn(t.shape(), rng));
-  for (int64_t c : pick_coords(grad, coords, rng)) vs.push_back(one_hot(t.shape(), c));
-  for (size_t i = 0; i < vs.size(); ++i) {
-    bool coord = int(i) >= dirs;
-    std::string what = name + (coord ? " coord " : " dir ") + std::to_string(i);
-    int draws = 0;
-    for (;;) {
+  const double tnorm = std::sqrt(dot(t, t));
+  for (int i = 0; i < dirs + coords; ++i) {
+    bool coord = i >= dirs;
+    bool done = false;
+    for (int draw = 0; draw < 5 && !done; ++draw) {
+      Tensor v;
+      std::string what = name;
+      if (coord) {
+        std::vector<int64_t> c = pick_coords(grad, 1, rng);
+        if (c.empty()) return;  // an all-zero gradient: the directions checked it already
+        v = one_hot(t.shape(), c[0]);
+        what += "[" + std::to_string(c[0]) + "]";
+      } else {
+        v = randn(t.shape(), rng);
+        what += " dir " + std::to_string(i);
+      }
+      double h = rel_step * tnorm / std::sqrt(dot(v, v));
       if (flipped) *flipped = false;
-      double num = central_diff(t, vs[i], h, loss, fourth_order);
-      if (!(flipped && *flipped)) {
-        ck.check(what, num, dot(grad, vs[i]), tol);
-        break;
+      double num = central_diff(t, v, h, loss, fourth_order);
+      if (flipped && *flipped) {
+        ck.skip();
+        continue;
       }
-      ck.skip();
-      if (++draws >= 3 || coord) {  // a coordinate is not redrawn
-        ADD_FAILURE() << ck.name() << ": " << what << ": the expert selection changed " << draws
-                      << " times; the test's shapes or step are not suitable";
-        break;
-      }
-      vs[i] = randn(t.shape(), rng);
+      ck.check(what, num, dot(grad, v), tol);
+      done = true;
     }
+    if (!done)
+      ADD_FAILURE() << ck.name() << ": " << name << ": 5 draws in a row changed the expert "
+                    << "selection; the test's shapes or step are not suitable";
   }
 }
 
