@@ -83,7 +83,7 @@ void measure_sgemm(GemmRate& g, int samples) {
   // Warm-up (threads started, pages touched), then calibrate the repeat count.
   auto t0 = Clock::now();
   int warm = 0;
-  while (warm < 2 || since(t0) < 0.05) {
+  while (warm < 3 || since(t0) < 0.2) {
     call();
     ++warm;
   }

@@ -36,6 +36,15 @@ using namespace gradcheck;
 constexpr double kH = 3e-3;  // relative step (gradcheck.h check_tensor)
 constexpr double kTol = 1e-2;
 
+Fd layer_fd(bool* flipped = nullptr) {
+  Fd fd;
+  fd.rel_step = kH;
+  fd.tol = kTol;
+  fd.fourth_order = true;
+  fd.flipped = flipped;
+  return fd;
+}
+
 TEST(GradCheckLayers, SwiGluFfn) {
   std::mt19937 rng(21);
   const int64_t n = 6, d = 10, inter = 7;
@@ -76,9 +85,10 @@ TEST(GradCheckLayers, SwiGluFfn) {
     Tensor g_gu = w.g_gate_up.clone(), g_dn = w.g_down.clone();
     be().add(g_gu, gu0, -1.0f);
     be().add(g_dn, dn0, -1.0f);
-    check_tensor(ck, "dx", x, dx, kH, loss, rng, 3, 4, kTol, nullptr, true);
-    check_tensor(ck, "dgate_up", w.gate_up, g_gu, kH, loss, rng, 3, 4, kTol, nullptr, true);
-    check_tensor(ck, "ddown", w.down, g_dn, kH, loss, rng, 3, 4, kTol, nullptr, true);
+    const Fd fd = layer_fd();
+    check_tensor(ck, "dx", x, dx, loss, rng, 3, 4, fd);
+    check_tensor(ck, "dgate_up", w.gate_up, g_gu, loss, rng, 3, 4, fd);
+    check_tensor(ck, "ddown", w.down, g_dn, loss, rng, 3, 4, fd);
   }
 }
 
@@ -142,8 +152,9 @@ TEST(GradCheckLayers, Mla) {
         mla.forward(be(), x, in, y, s);
         Tensor dx = be().empty({n, d});
         mla.backward(be(), s, in, r, dx);
-        check_tensor(ck, "dx", x, dx, kH, loss, rng, 3, 4, kTol, nullptr, true);
-        for (auto& p : ps) check_tensor(ck, p.name, p.value, p.grad, kH, loss, rng, 2, 1, kTol, nullptr, true);
+        const Fd fd = layer_fd();
+        check_tensor(ck, "dx", x, dx, loss, rng, 3, 4, fd);
+        for (auto& p : ps) check_tensor(ck, p.name, p.value, p.grad, loss, rng, 2, 1, fd);
       }
 }
 
@@ -235,10 +246,11 @@ TEST(GradCheckLayers, Moe) {
       for (int64_t i = 0; i < n * k; ++i) flipped |= s2.topk_idx.i32()[i] != idx0.i32()[i];
       return dot(r, y2) + b;
     };
-    check_tensor(ck, "dx", x, dx, kH, loss, rng, 3, 4, kTol, &flipped, true);
+    const Fd fd = layer_fd(&flipped);
+    check_tensor(ck, "dx", x, dx, loss, rng, 3, 4, fd);
     for (auto& p : ps) {
       if (!p.trainable) continue;
-      check_tensor(ck, p.name, p.value, p.grad, kH, loss, rng, 2, 1, kTol, &flipped, true);
+      check_tensor(ck, p.name, p.value, p.grad, loss, rng, 2, 1, fd);
     }
     // One routed expert on its own (the one with the most tokens).
     int64_t best = std::max_element(s.counts.begin(), s.counts.end()) - s.counts.begin();
@@ -246,7 +258,7 @@ TEST(GradCheckLayers, Moe) {
       Param& p = ps.get(std::string("model.layers.0.mlp.") + nm);
       Tensor pv = p.value.select(0, best);
       check_tensor(ck, std::string(nm) + "[" + std::to_string(best) + "]", pv,
-                   p.grad.select(0, best), kH, loss, rng, 2, 2, kTol, &flipped, true);
+                   p.grad.select(0, best), loss, rng, 2, 2, fd);
     }
     // An expert that received no token has exactly zero gradient.
     for (int64_t i = 0; i < e; ++i) {

@@ -32,7 +32,10 @@ constexpr double kH = 3e-3;  // relative step (gradcheck.h check_tensor)
 void check_op(Checker& ck, const std::string& name, Tensor t, const Tensor& grad,
               const std::function<double()>& loss, std::mt19937& rng, int dirs = 3,
               int coords = 4, double h = kH) {
-  check_tensor(ck, name, t, grad, h, loss, rng, dirs, coords, kOpTol);
+  Fd fd;
+  fd.rel_step = h;
+  fd.tol = kOpTol;
+  check_tensor(ck, name, t, grad, loss, rng, dirs, coords, fd);
 }
 
 TEST(GradCheckOps, RmsNorm) {
