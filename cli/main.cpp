@@ -24,6 +24,20 @@ int main(int argc, char** argv) {
       shoal::cli::add_check_model);
   add("pretrain", "Train a small model from scratch on a synthetic sequence task (CPU)",
       shoal::cli::add_pretrain);
+  // CLI11 reports an unknown first word only as "a subcommand is required": say what was wrong.
+  if (argc > 1 && argv[1][0] != '-') {
+    bool known = false;
+    std::string names;
+    for (auto& [sub, run] : runs) {
+      known = known || sub->get_name() == argv[1];
+      names += (names.empty() ? "" : ", ") + sub->get_name();
+    }
+    if (!known) {
+      std::fprintf(stderr, "shoal: unknown subcommand '%s' (available: %s)\nRun with --help for "
+                   "more information.\n", argv[1], names.c_str());
+      return 2;
+    }
+  }
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -33,8 +47,7 @@ int main(int argc, char** argv) {
   } catch (const CLI::CallForVersion& e) {
     return app.exit(e);
   } catch (const CLI::ParseError& e) {
-    app.exit(e);
-    std::fprintf(stderr, "Run 'shoal --help' for usage.\n");
+    app.exit(e);  // prints the problem and "Run with --help for more information."
     return 2;
   }
   shoal::log::set_level(level);

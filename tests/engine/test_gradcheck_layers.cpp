@@ -46,6 +46,7 @@ Fd layer_fd(bool* flipped = nullptr) {
 }
 
 TEST(GradCheckLayers, SwiGluFfn) {
+  OneOmpThread one_thread;
   std::mt19937 rng(21);
   const int64_t n = 6, d = 10, inter = 7;
   SwiGluWeights w;
@@ -121,6 +122,7 @@ ModelConfig mla_config(bool q_lora, bool yarn, bool interleave) {
 }
 
 TEST(GradCheckLayers, Mla) {
+  OneOmpThread one_thread;
   for (bool q_lora : {true, false})
     for (bool yarn : {false, true})
       for (bool inter : {true, false}) {
@@ -194,6 +196,7 @@ ModelConfig moe_config(const MoeCase& mc) {
 // L = sum(r * y) + balance_loss (Moe::forward returns the latter, already weighted by alpha).
 // Directions that change the top-k selection are redrawn (check_tensor's `flipped`).
 TEST(GradCheckLayers, Moe) {
+  OneOmpThread one_thread;
   const MoeCase cases[] = {
       {"shared1 norm", 1, true, 4, 2, 0.0, false, false},
       {"no-shared no-norm balance", 0, false, 4, 2, 0.3, false, false},
