@@ -50,6 +50,11 @@ Run add_pretrain(CLI::App& app) {
   return [o]() {
     o->task.validate();
     SHOAL_CHECK(o->batch > 0 && o->log_every > 0, "--batch and --log-every must be positive");
+    // Presets under configs/ are found from any working directory (relative to the source tree).
+    namespace fs = std::filesystem;
+    if (!fs::exists(o->model) && fs::path(o->model).is_relative() &&
+        fs::exists(fs::path(SHOAL_SOURCE_DIR) / o->model))
+      o->model = (fs::path(SHOAL_SOURCE_DIR) / o->model).string();
     ModelConfig cfg = ModelConfig::load(o->model);
     SHOAL_CHECK(cfg.vocab_size >= o->task.vocab(),
                 "{}: vocab_size {} is smaller than the task's {} tokens", o->model,
@@ -57,7 +62,6 @@ Run add_pretrain(CLI::App& app) {
     SHOAL_CHECK(cfg.max_position_embeddings >= 2 * o->task.max_len + 3,
                 "{}: max_position_embeddings {} is too small for sequences of {} tokens", o->model,
                 cfg.max_position_embeddings, 2 * o->task.max_len + 3);
-    namespace fs = std::filesystem;
     bool has_ckpt = fs::exists(fs::path(o->out) / "checkpoints");
     SHOAL_CHECK(o->resume || !has_ckpt,
                 "{} already holds checkpoints: pass --resume to continue that run, or choose "

@@ -135,7 +135,7 @@ class CpuBackend final : public Backend {
     float* py = y.f32();
     float* pr = rstd.f32();
     int64_t sx = row_stride(x), sy = row_stride(y);
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n * d > 16384)
     for (int64_t r = 0; r < n; ++r) {
       const float* xr = px + r * sx;
       float* yr = py + r * sy;
@@ -164,7 +164,7 @@ class CpuBackend final : public Backend {
     int64_t sdy = row_stride(dy), sx = row_stride(x), sdx = row_stride(dx);
     int nt = omp_get_max_threads();
     std::vector<float> dw_part(size_t(nt) * size_t(d), 0.0f);
-#pragma omp parallel
+#pragma omp parallel if (n * d > 16384)
     {
       float* my_dw = dw_part.data() + size_t(omp_get_thread_num()) * size_t(d);
 #pragma omp for schedule(static)
@@ -440,7 +440,7 @@ class CpuBackend final : public Backend {
     float* pd = dlogits ? dlogits->f32() : nullptr;
     int64_t sd = dlogits ? row_stride(*dlogits) : 0;
     double total = 0;
-#pragma omp parallel for reduction(+ : total) schedule(static)
+#pragma omp parallel for reduction(+ : total) schedule(static) if (n * vocab > 16384)
     for (int64_t r = 0; r < n; ++r) {
       const float* x = px + r * sx;
       float* d = pd ? pd + r * sd : nullptr;

@@ -1,10 +1,12 @@
 // Shared helpers for the finite-difference gradient checks (tests/engine/test_gradcheck_*.cpp).
 //
 // Method: for y = f(x, params) pick a fixed random cotangent r (shape of y) and let
-// L = sum(r * y), accumulated in double. The analytic directional derivative along a direction v
-// is <grad, v> with grad from the backward pass run with dy = r; the numeric one is the central
-// difference (L(x + h v) - L(x - h v)) / (2 h). Both are compared by the relative error
-// |num - ana| / max(|num|, |ana|, 1e-6).
+// L = sum(r * y), accumulated in double (or L = the model's loss). The analytic directional
+// derivative along a direction v is <grad, v>, with grad from the backward pass run with dy = r;
+// the numeric one is the central difference (L(x + h v) - L(x - h v)) / (2 h) (or its
+// fourth-order Richardson form, see central_diff). Both are compared by the relative error
+// |num - ana| / max(|num|, |ana|, 1e-6) (the floor rises for whole-model checks, see Fd).
+// Steps are relative to the perturbed tensor's norm (check_tensor).
 //
 // Perturbations are applied in place to the f32 tensor the forward reads (a parameter value, or
 // a view of an input) and undone by copying a saved clone back, so no rounding drift accumulates.
@@ -27,7 +29,9 @@
 
 namespace shoal::gradcheck {
 
-inline Backend& be() { return cpu_backend(); }
+inline Backend& be() {
+  return cpu_backend();
+}
 
 // Runs the enclosing scope with one OpenMP thread and restores the previous count after. The
 // layer and model checks run hundreds of tiny forwards, and the backend opens a parallel region
@@ -89,18 +93,6 @@ inline void fill_params(ParamSet& ps, std::mt19937& rng) {
   }
 }
 
-// Root mean square of the entries (the scale of a tensor, for relative finite-difference steps).
-inline double rms(const Tensor& a) {
-  Tensor ac = a.contiguous();
-  double s = 0;
-  for (int64_t i = 0; i < ac.numel(); ++i) s += double(ac.f32()[i]) * double(ac.f32()[i]);
-  return ac.numel() ? std::sqrt(s / double(ac.numel())) : 0.0;
-}
-
-inline double rel_err(double num, double ana) {
-  return std::fabs(num - ana) / std::max({std::fabs(num), std::fabs(ana), 1e-6});
-}
-
 // A one-hot tensor of `shape` with a 1 at flat (row-major) index i.
 inline Tensor one_hot(const Shape& shape, int64_t i) {
   Tensor t = Tensor::zeros(shape, DType::f32);
@@ -113,8 +105,8 @@ inline Tensor one_hot(const Shape& shape, int64_t i) {
 // With `fourth_order`, the Richardson extrapolation D(h) + (D(h) - D(2h)) / 3 =
 // (8 (L(h) - L(-h)) - (L(2h) - L(-2h))) / (12 h), error O(h^4): for a whole layer the window
 // between f32 noise (small h) and curvature (large h) is narrow, and this widens it.
-inline double central_diff(Tensor t, const Tensor& v, double h,
-                           const std::function<double()>& loss, bool fourth_order = false) {
+inline double central_diff(Tensor t, const Tensor& v, double h, const std::function<double()>& loss,
+                           bool fourth_order = false) {
   Tensor saved = t.clone();
   auto at = [&](double step) {
     be().add(t, v, float(step));
@@ -186,8 +178,8 @@ struct Fd {
   // about one f32 ulp, u = FLT_EPSILON |L|, so a difference quotient at step h' carries ~u / h'
   // of noise. The step grows (up to max_rel_step) until the first-order change h' |<g, v>| spans
   // 1000 ulps, and the relative error's floor becomes 600 u / h' instead of 1e-6: directions too
-  // weak to resolve even at max_rel_step are held to |num - ana| <= tol * 600 u / h' (~10x the
-  // noise measured) and counted as floor-limited.
+  // weak to resolve even at max_rel_step are held to |num - ana| <= tol * 600 u / h' = 6 u / h'
+  // (the noise measured is ~0.3 u / h') and counted as floor-limited.
   double loss_scale = 0;
   double max_rel_step = 0.05;
 };

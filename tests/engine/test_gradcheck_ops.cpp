@@ -30,8 +30,8 @@ constexpr double kH = 3e-3;  // relative step (gradcheck.h check_tensor)
 
 // Directional checks along `dirs` random directions plus single-coordinate checks.
 void check_op(Checker& ck, const std::string& name, Tensor t, const Tensor& grad,
-              const std::function<double()>& loss, std::mt19937& rng, int dirs = 3,
-              int coords = 4, double h = kH) {
+              const std::function<double()>& loss, std::mt19937& rng, int dirs = 3, int coords = 4,
+              double h = kH) {
   Fd fd;
   fd.rel_step = h;
   fd.tol = kOpTol;
