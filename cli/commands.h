@@ -10,5 +10,6 @@ namespace shoal::cli {
 using Run = std::function<int()>;
 Run add_check_model(CLI::App& app);
 Run add_pretrain(CLI::App& app);
+Run add_convert(CLI::App& app);
 
 }  // namespace shoal::cli

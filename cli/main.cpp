@@ -10,6 +10,7 @@
 int main(int argc, char** argv) {
   CLI::App app{"shoal: post-train DeepSeek-style models (MLA, DeepSeekMoE) with SFT, DPO and RL"};
   app.require_subcommand(1);
+  app.fallthrough();  // global options (--log-level) may follow the subcommand too
   app.set_version_flag("--version", "shoal 0.1.0");
   std::string level = "info";
   app.add_option("--log-level", level, "debug, info, warn or error")->capture_default_str();
@@ -22,6 +23,8 @@ int main(int argc, char** argv) {
       "Compare a checkpoint's logits, loss and gradients with a reference file (e.g. from "
       "transformers)",
       shoal::cli::add_check_model);
+  add("convert", "Rewrite a checkpoint in Hugging Face layout (dtype, shard size, FP8 dequantized)",
+      shoal::cli::add_convert);
   add("pretrain", "Train a small model from scratch on a synthetic sequence task (CPU)",
       shoal::cli::add_pretrain);
   // CLI11 reports an unknown first word only as "a subcommand is required": say what was wrong.

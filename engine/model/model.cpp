@@ -233,7 +233,9 @@ void Model::load_weights(const std::string& dir) {
     log::warn("{}: {} tensors not used by the model, e.g. '{}'", dir, unknown.size(), unknown[0]);
 }
 
-void Model::save(const std::string& dir, size_t max_shard_bytes) {
+void Model::save(const std::string& dir, size_t max_shard_bytes, DType dtype) {
+  SHOAL_CHECK(dtype == DType::f32 || dtype == DType::bf16 || dtype == DType::f16,
+              "checkpoints are saved as f32, bf16 or f16, not {}", dtype_name(dtype));
   fs::path target(dir);
   fs::path tmp = target;
   tmp += fmt::format(".tmp-{}", ::getpid());
@@ -241,13 +243,17 @@ void Model::save(const std::string& dir, size_t max_shard_bytes) {
   fs::remove_all(tmp, ec);
   fs::create_directories(tmp);
   {
+    nlohmann::json j = config_.to_json();
+    j["dtype"] = dtype == DType::bf16 ? "bfloat16" : dtype == DType::f16 ? "float16" : "float32";
     std::ofstream f(tmp / "config.json");
-    f << config_.to_json().dump(2) << "\n";
+    f << j.dump(2) << "\n";
     SHOAL_CHECK(f.good(), "cannot write {}", (tmp / "config.json").string());
   }
   std::vector<std::pair<std::string, Tensor>> tensors;
-  for (auto& ct : checkpoint_tensors(false))
-    tensors.emplace_back(ct.name, be_->device() == Device::cpu ? ct.view : be_->to_host(ct.view));
+  for (auto& ct : checkpoint_tensors(false)) {
+    Tensor host = be_->device() == Device::cpu ? ct.view : be_->to_host(ct.view);
+    tensors.emplace_back(ct.name, dtype == DType::f32 ? host : host.to(dtype));
+  }
   write_checkpoint_shards(tmp.string(), tensors, max_shard_bytes);
   fs::path old = target;
   old += fmt::format(".old-{}", ::getpid());

@@ -66,8 +66,10 @@ class Model {
   // Reads every expected tensor from a checkpoint directory (dtype-converting, FP8-dequantizing);
   // errors name the file and tensor.
   void load_weights(const std::string& dir);
-  // Writes config.json + safetensors (sharded above max_shard_bytes) into dir, atomically.
-  void save(const std::string& dir, size_t max_shard_bytes = size_t(2) << 30);
+  // Writes config.json + safetensors (sharded above max_shard_bytes) into dir, atomically, with
+  // weights stored as dtype (f32, bf16 or f16).
+  void save(const std::string& dir, size_t max_shard_bytes = size_t(2) << 30,
+            DType dtype = DType::f32);
 
   ForwardResult forward(const Batch& batch, const ForwardOptions& options = {});
   // Gradients of the last forward's loss, accumulated into params().grad.

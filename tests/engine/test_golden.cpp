@@ -38,6 +38,9 @@ TEST(Golden, VariedNoQLora) { expect_matches_golden("varied/noqlora"); }
 TEST(Golden, VariedYarnMscale) { expect_matches_golden("varied/yarn_mscale"); }
 TEST(Golden, VariedLegacyYarnConfig) { expect_matches_golden("varied/legacy_yarn"); }
 
+// A checkpoint shoal wrote (bf16), loaded and run by transformers (tests/data/hf_readback).
+TEST(Golden, TransformersReadsWhatShoalWrites) { expect_matches_golden("hf_readback/pretrained_bf16"); }
+
 TEST(Golden, V32IsRejectedClearlyUntilDsaExists) {
   std::string dir = std::string(SHOAL_TEST_DATA) + "/tiny_v32";
   try {
