@@ -547,6 +547,13 @@ nlohmann::json run_config(const BenchConfig& bc, const Options& opt, double peak
       "{:.2f} / {:.4f} / {:.1f} = {:.1f}%\n",
       cnt.total / t * 1e-9, cnt.total * 1e-9, t, peak_gflops, 100.0 * share);
 
+  // The same with attention counted causally (the useful lower triangle, L(L+1)/2 per head).
+  double useful = 3 * cnt.linear_fwd +
+                  (cnt.attn_core_fwd + cnt.attn_core_bwd) * cnt.attn_core_causal_fwd /
+                      cnt.attn_core_fwd;
+  say("(counting attention causally, i.e. only useful FLOPs: {:.2f} GFLOP, share {:.1f}%)\n",
+      useful * 1e-9, 100.0 * useful / t / (peak_gflops * 1e9));
+
   nlohmann::json j;
   j["config"] = bc.name;
   j["model"] = c.to_json();
@@ -572,6 +579,8 @@ nlohmann::json run_config(const BenchConfig& bc, const Options& opt, double peak
   j["gemm_flops_by_category"] = cats;
   j["achieved_gflops"] = cnt.total / t * 1e-9;
   j["gemm_share"] = share;
+  j["gemm_flops_causal_attention"] = useful;
+  j["gemm_share_causal_attention"] = useful / t / (peak_gflops * 1e9);
   j["loss_first"] = loss0;
   j["loss_last"] = loss_last;
 
@@ -715,6 +724,9 @@ int main_impl(int argc, char** argv) {
   say("bench_cpu_train: {}, {} CPUs online; OpenBLAS {} threads ({})\nenv: {}\n", cpu_model(),
       sysconf(_SC_NPROCESSORS_ONLN), openblas_get_num_threads(), openblas_get_config(), envs);
   say("load average at start: {}\n", load_start);
+  if (!std::getenv("OMP_WAIT_POLICY") && !std::getenv("GOMP_SPINCOUNT"))
+    say("note: libgomp's default spin-waiting competes with OpenBLAS's own threads for the cores; "
+        "compare a run under OMP_WAIT_POLICY=passive (docs/PERFORMANCE.md)\n");
 
   std::vector<BenchConfig> configs;
   if (opt.config != "50m") configs.push_back(tiny_config());
