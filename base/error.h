@@ -25,10 +25,11 @@ class Error : public std::runtime_error {
 
 }  // namespace shoal
 
-// SHOAL_CHECK(cond, "fmt {}", args...): throws shoal::Error naming the condition when cond is false.
-#define SHOAL_CHECK(cond, ...)                                                      \
-  do {                                                                              \
-    if (!(cond)) [[unlikely]]                                                       \
+// SHOAL_CHECK(cond, "fmt {}", args...): throws shoal::Error naming the condition when cond is
+// false.
+#define SHOAL_CHECK(cond, ...)                                                     \
+  do {                                                                             \
+    if (!(cond)) [[unlikely]]                                                      \
       throw ::shoal::Error(::fmt::format(__VA_ARGS__), __FILE__, __LINE__, #cond); \
   } while (0)
 

@@ -77,8 +77,7 @@ void measure_sgemm(GemmRate& g, int samples) {
   int lda = int(g.ta ? m : k), ldb = int(g.tb ? k : n);
   auto call = [&] {
     cblas_sgemm(CblasRowMajor, g.ta ? CblasTrans : CblasNoTrans, g.tb ? CblasTrans : CblasNoTrans,
-                int(m), int(n), int(k), 1.0f, a.data(), lda, b.data(), ldb, 0.0f, c.data(),
-                int(n));
+                int(m), int(n), int(k), 1.0f, a.data(), lda, b.data(), ldb, 0.0f, c.data(), int(n));
   };
   // Warm-up (threads started, pages touched), then calibrate the repeat count.
   auto t0 = Clock::now();
@@ -225,8 +224,7 @@ class TimingBackend final : public Backend {
   }
   void route_noaux_tc(const Tensor& logits, const Tensor& bias, const RouterParams& p,
                       Tensor& scores, Tensor& idx, Tensor& w, bool given) override {
-    timed("route_noaux_tc", 0,
-          [&] { be_.route_noaux_tc(logits, bias, p, scores, idx, w, given); });
+    timed("route_noaux_tc", 0, [&] { be_.route_noaux_tc(logits, bias, p, scores, idx, w, given); });
   }
   void route_backward(const Tensor& dw, const Tensor& scores, const Tensor& idx,
                       const RouterParams& p, Tensor& dlogits) override {
@@ -362,7 +360,8 @@ struct Counts {
 
 Counts count(const ModelConfig& c, int64_t batch, int64_t seq) {
   Counts r;
-  const double n = double(batch * seq), d = double(c.hidden_size), h = double(c.num_attention_heads);
+  const double n = double(batch * seq), d = double(c.hidden_size),
+               h = double(c.num_attention_heads);
   const double dn = double(c.qk_nope_head_dim), dr = double(c.qk_rope_head_dim),
                dv = double(c.v_head_dim), dq = dn + dr, rq = double(c.q_lora_rank),
                rkv = double(c.kv_lora_rank), e = double(c.n_routed_experts),
@@ -474,8 +473,8 @@ nlohmann::json run_config(const BenchConfig& bc, const Options& opt, double peak
   model.init_random(1234);
   int64_t real_params = 0;
   for (auto& p : model.params()) real_params += p.value.numel();
-  SHOAL_CHECK(real_params == cnt.params, "parameter count: model {} vs analytical {}",
-              real_params, cnt.params);
+  SHOAL_CHECK(real_params == cnt.params, "parameter count: model {} vs analytical {}", real_params,
+              cnt.params);
   AdamWConfig ac;
   AdamW adam(model.params(), tb, ac);
   Batch batch = Batch::next_token(random_sequences(bc.batch, bc.seq, c.vocab_size, 42));
@@ -548,9 +547,8 @@ nlohmann::json run_config(const BenchConfig& bc, const Options& opt, double peak
       cnt.total / t * 1e-9, cnt.total * 1e-9, t, peak_gflops, 100.0 * share);
 
   // The same with attention counted causally (the useful lower triangle, L(L+1)/2 per head).
-  double useful = 3 * cnt.linear_fwd +
-                  (cnt.attn_core_fwd + cnt.attn_core_bwd) * cnt.attn_core_causal_fwd /
-                      cnt.attn_core_fwd;
+  double useful = 3 * cnt.linear_fwd + (cnt.attn_core_fwd + cnt.attn_core_bwd) *
+                                           cnt.attn_core_causal_fwd / cnt.attn_core_fwd;
   say("(counting attention causally, i.e. only useful FLOPs: {:.2f} GFLOP, share {:.1f}%)\n",
       useful * 1e-9, 100.0 * useful / t / (peak_gflops * 1e9));
 
@@ -643,10 +641,14 @@ nlohmann::json run_config(const BenchConfig& bc, const Options& opt, double peak
       std::pair<int64_t, int64_t> w;
       std::string mode;
       int64_t rows = key.m;
-      if (!key.ta && key.tb) w = {key.n, key.k}, mode = "fwd (NT)";
-      else if (!key.ta && !key.tb) w = {key.k, key.n}, mode = "dX (NN)";
-      else if (key.ta && !key.tb) w = {key.m, key.n}, mode = "dW (TN)", rows = key.k;
-      else mode = "TT";
+      if (!key.ta && key.tb)
+        w = {key.n, key.k}, mode = "fwd (NT)";
+      else if (!key.ta && !key.tb)
+        w = {key.k, key.n}, mode = "dX (NN)";
+      else if (key.ta && !key.tb)
+        w = {key.m, key.n}, mode = "dW (TN)", rows = key.k;
+      else
+        mode = "TT";
       auto it = names.find(w);
       std::string label = fmt::format("{} [{}x{}] {}", it != names.end() ? it->second : "?",
                                       w.first, w.second, mode);
@@ -661,8 +663,8 @@ nlohmann::json run_config(const BenchConfig& bc, const Options& opt, double peak
     std::sort(bl.begin(), bl.end(), [](auto& a, auto& b) { return a.s.sec > b.s.sec; });
     say("matmul by weight [out x in] and pass (fwd y = x W^T, dX = dy W, dW = dy^T x); rows = "
         "token rows per call:\n");
-    say("    {:<70} {:>6} {:>8} {:>8} {:>6}  {}\n", "weight / pass", "calls", "ms/step",
-        "GFLOP/s", "%peak", "rows");
+    say("    {:<70} {:>6} {:>8} {:>8} {:>6}  {}\n", "weight / pass", "calls", "ms/step", "GFLOP/s",
+        "%peak", "rows");
     nlohmann::json jg = nlohmann::json::array();
     for (auto& b : bl) {
       say("    {:<70} {:>6} {:>8.2f} {:>8.1f} {:>5.1f}%  {}\n", b.label, b.s.calls / int64_t(ps),
@@ -690,16 +692,24 @@ int main_impl(int argc, char** argv) {
       SHOAL_CHECK(i + 1 < argc, "{} needs a value", a);
       return argv[++i];
     };
-    if (a == "--config") opt.config = next();
-    else if (a == "--steps") opt.steps = std::stoi(next());
-    else if (a == "--warmup") opt.warmup = std::stoi(next());
-    else if (a == "--profile-steps") opt.profile_steps = std::stoi(next());
-    else if (a == "--sgemm-samples") opt.sgemm_samples = std::stoi(next());
-    else if (a == "--no-profile") opt.profile = false;
-    else if (a == "--json") opt.json = true;
+    if (a == "--config")
+      opt.config = next();
+    else if (a == "--steps")
+      opt.steps = std::stoi(next());
+    else if (a == "--warmup")
+      opt.warmup = std::stoi(next());
+    else if (a == "--profile-steps")
+      opt.profile_steps = std::stoi(next());
+    else if (a == "--sgemm-samples")
+      opt.sgemm_samples = std::stoi(next());
+    else if (a == "--no-profile")
+      opt.profile = false;
+    else if (a == "--json")
+      opt.json = true;
     else if (a == "-h" || a == "--help") {
-      fmt::print("usage: bench_cpu_train [--config tiny|50m|all] [--steps N (5)] [--warmup W (1)] "
-                 "[--profile-steps P (1)] [--no-profile] [--sgemm-samples S (7)] [--json]\n");
+      fmt::print(
+          "usage: bench_cpu_train [--config tiny|50m|all] [--steps N (5)] [--warmup W (1)] "
+          "[--profile-steps P (1)] [--no-profile] [--sgemm-samples S (7)] [--json]\n");
       return 0;
     } else {
       SHOAL_FAIL("unknown argument '{}' (see --help)", a);
@@ -717,10 +727,11 @@ int main_impl(int argc, char** argv) {
     const char* v = std::getenv(k);
     return v ? v : "unset";
   };
-  std::string envs = fmt::format("OMP_NUM_THREADS={} OMP_WAIT_POLICY={} GOMP_SPINCOUNT={} "
-                                 "OPENBLAS_NUM_THREADS={}",
-                                 env("OMP_NUM_THREADS"), env("OMP_WAIT_POLICY"),
-                                 env("GOMP_SPINCOUNT"), env("OPENBLAS_NUM_THREADS"));
+  std::string envs = fmt::format(
+      "OMP_NUM_THREADS={} OMP_WAIT_POLICY={} GOMP_SPINCOUNT={} "
+      "OPENBLAS_NUM_THREADS={}",
+      env("OMP_NUM_THREADS"), env("OMP_WAIT_POLICY"), env("GOMP_SPINCOUNT"),
+      env("OPENBLAS_NUM_THREADS"));
   say("bench_cpu_train: {}, {} CPUs online; OpenBLAS {} threads ({})\nenv: {}\n", cpu_model(),
       sysconf(_SC_NPROCESSORS_ONLN), openblas_get_num_threads(), openblas_get_config(), envs);
   say("load average at start: {}\n", load_start);
@@ -775,8 +786,13 @@ int main_impl(int argc, char** argv) {
   j["load_average_start"] = load_start;
   nlohmann::json jr = nlohmann::json::array();
   for (auto& g : rates)
-    jr.push_back({{"label", g.label}, {"m", g.m}, {"n", g.n}, {"k", g.k}, {"trans_a", g.ta},
-                  {"trans_b", g.tb}, {"gflops", g.gflops}});
+    jr.push_back({{"label", g.label},
+                  {"m", g.m},
+                  {"n", g.n},
+                  {"k", g.k},
+                  {"trans_a", g.ta},
+                  {"trans_b", g.tb},
+                  {"gflops", g.gflops}});
   j["sgemm"] = jr;
   j["sgemm_baseline_gflops"] = peak;
   j["configs"] = nlohmann::json::array();

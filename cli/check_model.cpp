@@ -35,8 +35,7 @@ Run add_check_model(CLI::App& app) {
     auto model = Model::from_pretrained(o->model, be);
     CheckReport rep = check_against_reference(*model, o->reference, o->grads, o->tol);
     std::printf("model      %s (%s, %lld layers, %lld parameters)\n", o->model.c_str(),
-                model->config().model_type.c_str(),
-                (long long)model->config().num_hidden_layers,
+                model->config().model_type.c_str(), (long long)model->config().num_hidden_layers,
                 (long long)model->params().trainable_numel());
     std::printf("loss       %.10g (reference %.10g)\n", rep.loss, rep.reference_loss);
     std::printf("%-60s %12s %10s  %s\n", "tensor", "rel. error", "tolerance", "");
@@ -48,8 +47,9 @@ Run add_check_model(CLI::App& app) {
       else
         grads.push_back(&r);
     }
-    std::stable_sort(grads.begin(), grads.end(),
-                     [](auto* a, auto* b) { return a->error / a->tolerance > b->error / b->tolerance; });
+    std::stable_sort(grads.begin(), grads.end(), [](auto* a, auto* b) {
+      return a->error / a->tolerance > b->error / b->tolerance;
+    });
     size_t shown = 0, failed = 0;
     for (auto* r : grads) {
       failed += !r->ok();
@@ -62,7 +62,8 @@ Run add_check_model(CLI::App& app) {
     if (shown < grads.size())
       std::printf("... %zu more gradients, all within tolerance (--all prints them)\n",
                   grads.size() - shown);
-    for (auto& m : rep.missing) std::printf("%-60s %12s  (no reference gradient)\n", m.c_str(), "-");
+    for (auto& m : rep.missing)
+      std::printf("%-60s %12s  (no reference gradient)\n", m.c_str(), "-");
     bool ok = rep.ok() && (o->grads.empty() || rep.missing.empty());
     std::printf("%s: logits, loss%s %s\n", ok ? "PASS" : "FAIL",
                 o->grads.empty() ? "" : fmt::format(" and {} gradients", grads.size()).c_str(),

@@ -36,8 +36,10 @@ int main(int argc, char** argv) {
       names += (names.empty() ? "" : ", ") + sub->get_name();
     }
     if (!known) {
-      std::fprintf(stderr, "shoal: unknown subcommand '%s' (available: %s)\nRun with --help for "
-                   "more information.\n", argv[1], names.c_str());
+      std::fprintf(stderr,
+                   "shoal: unknown subcommand '%s' (available: %s)\nRun with --help for "
+                   "more information.\n",
+                   argv[1], names.c_str());
       return 2;
     }
   }

@@ -14,7 +14,9 @@
 namespace shoal::cli {
 namespace {
 std::atomic<bool> g_stop{false};
-void on_sigint(int) { g_stop = true; }
+void on_sigint(int) {
+  g_stop = true;
+}
 
 std::string hms(double seconds) {
   int64_t s = int64_t(seconds + 0.5);
@@ -57,8 +59,8 @@ Run add_pretrain(CLI::App& app) {
       o->model = (fs::path(SHOAL_SOURCE_DIR) / o->model).string();
     ModelConfig cfg = ModelConfig::load(o->model);
     SHOAL_CHECK(cfg.vocab_size >= o->task.vocab(),
-                "{}: vocab_size {} is smaller than the task's {} tokens", o->model,
-                cfg.vocab_size, o->task.vocab());
+                "{}: vocab_size {} is smaller than the task's {} tokens", o->model, cfg.vocab_size,
+                o->task.vocab());
     SHOAL_CHECK(cfg.max_position_embeddings >= 2 * o->task.max_len + 3,
                 "{}: max_position_embeddings {} is too small for sequences of {} tokens", o->model,
                 cfg.max_position_embeddings, 2 * o->task.max_len + 3);
@@ -81,9 +83,8 @@ Run add_pretrain(CLI::App& app) {
         std::printf("no checkpoint in %s yet: starting from step 0\n", o->out.c_str());
     }
     std::printf("pretrain: task %s, model %s (%lld parameters), %lld steps x %lld sequences\n",
-                o->task.kind.c_str(), o->model.c_str(),
-                (long long)model.params().trainable_numel(), (long long)o->train.steps,
-                (long long)o->batch);
+                o->task.kind.c_str(), o->model.c_str(), (long long)model.params().trainable_numel(),
+                (long long)o->train.steps, (long long)o->batch);
     std::fflush(stdout);
     std::signal(SIGINT, on_sigint);
     std::signal(SIGTERM, on_sigint);
@@ -96,14 +97,14 @@ Run add_pretrain(CLI::App& app) {
                   loss_sum += s.loss;
                   ++loss_n;
                   if (s.step % o->log_every && s.step != o->train.steps) return;
-                  double el = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0)
-                                  .count();
+                  double el =
+                      std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
                   double eta = el / double(s.step - first) * double(o->train.steps - s.step);
-                  std::printf("step %5lld/%lld  loss %.4f  lr %.2e  grad-norm %.3f  %6.0f tok/s  "
-                              "elapsed %s  eta %s\n",
-                              (long long)s.step, (long long)o->train.steps, loss_sum / loss_n,
-                              s.lr, s.grad_norm, s.tokens_per_s, hms(el).c_str(),
-                              hms(eta).c_str());
+                  std::printf(
+                      "step %5lld/%lld  loss %.4f  lr %.2e  grad-norm %.3f  %6.0f tok/s  "
+                      "elapsed %s  eta %s\n",
+                      (long long)s.step, (long long)o->train.steps, loss_sum / loss_n, s.lr,
+                      s.grad_norm, s.tokens_per_s, hms(el).c_str(), hms(eta).c_str());
                   std::fflush(stdout);
                   loss_sum = 0;
                   loss_n = 0;

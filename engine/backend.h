@@ -1,7 +1,7 @@
 // Backend: the ops the model is written in, one implementation per device (CPU here, CUDA in its
 // own issue). Every op takes engine Tensors, checks shapes, and computes in f32 unless noted.
-// Ops that produce gradients for parameters *accumulate* (+=) into them; everything else overwrites.
-// Not an autograd system: the model's layers call forward and backward ops explicitly.
+// Ops that produce gradients for parameters *accumulate* (+=) into them; everything else
+// overwrites. Not an autograd system: the model's layers call forward and backward ops explicitly.
 #pragma once
 
 #include <memory>
@@ -113,8 +113,8 @@ class Backend {
   // dst[i] = src[idx[i] / div] for rows (div = K maps slots to tokens).
   virtual void gather_rows(const Tensor& src, const Tensor& idx, int64_t div, Tensor& dst) = 0;
   // dst[idx[i] / div] += w[idx[i]] * src[i] (w optional: nullptr = 1).
-  virtual void scatter_add_rows(const Tensor& src, const Tensor& idx, int64_t div,
-                                const Tensor* w, Tensor& dst) = 0;
+  virtual void scatter_add_rows(const Tensor& src, const Tensor& idx, int64_t div, const Tensor* w,
+                                Tensor& dst) = 0;
   // out[idx[i]] = dot(a[i], b[i]) for rows.
   virtual void row_dot_scatter(const Tensor& a, const Tensor& b, const Tensor& idx,
                                Tensor& out) = 0;

@@ -11,56 +11,80 @@ namespace shoal {
 size_t dtype_size(DType t) {
   switch (t) {
     case DType::f64:
-    case DType::i64: return 8;
+    case DType::i64:
+      return 8;
     case DType::f32:
-    case DType::i32: return 4;
+    case DType::i32:
+      return 4;
     case DType::bf16:
-    case DType::f16: return 2;
+    case DType::f16:
+      return 2;
     case DType::f8e4m3:
     case DType::f8e5m2:
     case DType::u8:
-    case DType::boolean: return 1;
+    case DType::boolean:
+      return 1;
   }
   return 0;
 }
 
 std::string_view dtype_name(DType t) {
   switch (t) {
-    case DType::f32: return "f32";
-    case DType::f64: return "f64";
-    case DType::bf16: return "bf16";
-    case DType::f16: return "f16";
-    case DType::f8e4m3: return "f8e4m3";
-    case DType::f8e5m2: return "f8e5m2";
-    case DType::i32: return "i32";
-    case DType::i64: return "i64";
-    case DType::u8: return "u8";
-    case DType::boolean: return "bool";
+    case DType::f32:
+      return "f32";
+    case DType::f64:
+      return "f64";
+    case DType::bf16:
+      return "bf16";
+    case DType::f16:
+      return "f16";
+    case DType::f8e4m3:
+      return "f8e4m3";
+    case DType::f8e5m2:
+      return "f8e5m2";
+    case DType::i32:
+      return "i32";
+    case DType::i64:
+      return "i64";
+    case DType::u8:
+      return "u8";
+    case DType::boolean:
+      return "bool";
   }
   return "?";
 }
 
 std::string_view safetensors_name(DType t) {
   switch (t) {
-    case DType::f32: return "F32";
-    case DType::f64: return "F64";
-    case DType::bf16: return "BF16";
-    case DType::f16: return "F16";
-    case DType::f8e4m3: return "F8_E4M3";
-    case DType::f8e5m2: return "F8_E5M2";
-    case DType::i32: return "I32";
-    case DType::i64: return "I64";
-    case DType::u8: return "U8";
-    case DType::boolean: return "BOOL";
+    case DType::f32:
+      return "F32";
+    case DType::f64:
+      return "F64";
+    case DType::bf16:
+      return "BF16";
+    case DType::f16:
+      return "F16";
+    case DType::f8e4m3:
+      return "F8_E4M3";
+    case DType::f8e5m2:
+      return "F8_E5M2";
+    case DType::i32:
+      return "I32";
+    case DType::i64:
+      return "I64";
+    case DType::u8:
+      return "U8";
+    case DType::boolean:
+      return "BOOL";
   }
   return "?";
 }
 
 bool dtype_from_safetensors(std::string_view n, DType* out) {
   static const std::pair<std::string_view, DType> table[] = {
-      {"F32", DType::f32},         {"F64", DType::f64},         {"BF16", DType::bf16},
-      {"F16", DType::f16},         {"F8_E4M3", DType::f8e4m3},  {"F8_E5M2", DType::f8e5m2},
-      {"I32", DType::i32},         {"I64", DType::i64},         {"U8", DType::u8},
+      {"F32", DType::f32},     {"F64", DType::f64},        {"BF16", DType::bf16},
+      {"F16", DType::f16},     {"F8_E4M3", DType::f8e4m3}, {"F8_E5M2", DType::f8e5m2},
+      {"I32", DType::i32},     {"I64", DType::i64},        {"U8", DType::u8},
       {"BOOL", DType::boolean}};
   for (auto& [name, t] : table)
     if (name == n) {
@@ -94,7 +118,7 @@ uint32_t encode_small_float(float a, int man_bits, int bias, float max_finite, u
   if (a >= max_finite) return max_code;
   if (a == 0.0f) return 0;
   int e;
-  std::frexp(a, &e);  // a = m * 2^e, m in [0.5, 1)
+  std::frexp(a, &e);       // a = m * 2^e, m in [0.5, 1)
   int exp = e - 1 + bias;  // biased exponent of a normal number
   int min_exp = 1;
   // Quantum (value of the last mantissa bit) for this binade, or the subnormal quantum.
@@ -137,7 +161,9 @@ uint8_t f32_to_f8e4m3(float f) {
   return uint8_t(sign | encode_small_float(std::fabs(f), 3, 7, 448.0f, 0x7e));
 }
 
-float f8e5m2_to_f32(uint8_t v) { return f16_to_f32(uint16_t(v) << 8); }
+float f8e5m2_to_f32(uint8_t v) {
+  return f16_to_f32(uint16_t(v) << 8);
+}
 
 uint8_t f32_to_f8e5m2(float f) {
   uint8_t sign = (f32_bits(f) >> 24) & 0x80;
@@ -148,31 +174,60 @@ uint8_t f32_to_f8e5m2(float f) {
 namespace {
 double load(const void* p, DType t, size_t i) {
   switch (t) {
-    case DType::f32: return static_cast<const float*>(p)[i];
-    case DType::f64: return static_cast<const double*>(p)[i];
-    case DType::bf16: return bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
-    case DType::f16: return f16_to_f32(static_cast<const uint16_t*>(p)[i]);
-    case DType::f8e4m3: return f8e4m3_to_f32(static_cast<const uint8_t*>(p)[i]);
-    case DType::f8e5m2: return f8e5m2_to_f32(static_cast<const uint8_t*>(p)[i]);
-    case DType::i32: return static_cast<const int32_t*>(p)[i];
-    case DType::i64: return double(static_cast<const int64_t*>(p)[i]);
+    case DType::f32:
+      return static_cast<const float*>(p)[i];
+    case DType::f64:
+      return static_cast<const double*>(p)[i];
+    case DType::bf16:
+      return bf16_to_f32(static_cast<const uint16_t*>(p)[i]);
+    case DType::f16:
+      return f16_to_f32(static_cast<const uint16_t*>(p)[i]);
+    case DType::f8e4m3:
+      return f8e4m3_to_f32(static_cast<const uint8_t*>(p)[i]);
+    case DType::f8e5m2:
+      return f8e5m2_to_f32(static_cast<const uint8_t*>(p)[i]);
+    case DType::i32:
+      return static_cast<const int32_t*>(p)[i];
+    case DType::i64:
+      return double(static_cast<const int64_t*>(p)[i]);
     case DType::u8:
-    case DType::boolean: return static_cast<const uint8_t*>(p)[i];
+    case DType::boolean:
+      return static_cast<const uint8_t*>(p)[i];
   }
   return 0;
 }
 void store(void* p, DType t, size_t i, double v) {
   switch (t) {
-    case DType::f32: static_cast<float*>(p)[i] = float(v); break;
-    case DType::f64: static_cast<double*>(p)[i] = v; break;
-    case DType::bf16: static_cast<uint16_t*>(p)[i] = f32_to_bf16(float(v)); break;
-    case DType::f16: static_cast<uint16_t*>(p)[i] = f32_to_f16(float(v)); break;
-    case DType::f8e4m3: static_cast<uint8_t*>(p)[i] = f32_to_f8e4m3(float(v)); break;
-    case DType::f8e5m2: static_cast<uint8_t*>(p)[i] = f32_to_f8e5m2(float(v)); break;
-    case DType::i32: static_cast<int32_t*>(p)[i] = int32_t(v); break;
-    case DType::i64: static_cast<int64_t*>(p)[i] = int64_t(v); break;
-    case DType::u8: static_cast<uint8_t*>(p)[i] = uint8_t(v); break;
-    case DType::boolean: static_cast<uint8_t*>(p)[i] = v != 0; break;
+    case DType::f32:
+      static_cast<float*>(p)[i] = float(v);
+      break;
+    case DType::f64:
+      static_cast<double*>(p)[i] = v;
+      break;
+    case DType::bf16:
+      static_cast<uint16_t*>(p)[i] = f32_to_bf16(float(v));
+      break;
+    case DType::f16:
+      static_cast<uint16_t*>(p)[i] = f32_to_f16(float(v));
+      break;
+    case DType::f8e4m3:
+      static_cast<uint8_t*>(p)[i] = f32_to_f8e4m3(float(v));
+      break;
+    case DType::f8e5m2:
+      static_cast<uint8_t*>(p)[i] = f32_to_f8e5m2(float(v));
+      break;
+    case DType::i32:
+      static_cast<int32_t*>(p)[i] = int32_t(v);
+      break;
+    case DType::i64:
+      static_cast<int64_t*>(p)[i] = int64_t(v);
+      break;
+    case DType::u8:
+      static_cast<uint8_t*>(p)[i] = uint8_t(v);
+      break;
+    case DType::boolean:
+      static_cast<uint8_t*>(p)[i] = v != 0;
+      break;
   }
 }
 }  // namespace

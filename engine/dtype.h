@@ -31,7 +31,9 @@ inline float f32_from_bits(uint32_t u) {
 }
 
 // bf16: the top 16 bits of an f32; rounding to nearest even, NaN kept quiet.
-inline float bf16_to_f32(uint16_t h) { return f32_from_bits(uint32_t(h) << 16); }
+inline float bf16_to_f32(uint16_t h) {
+  return f32_from_bits(uint32_t(h) << 16);
+}
 inline uint16_t f32_to_bf16(float f) {
   uint32_t u = f32_bits(f);
   if ((u & 0x7fffffffu) > 0x7f800000u) return uint16_t((u >> 16) | 0x40);

@@ -6,7 +6,9 @@
 
 namespace shoal {
 
-std::string_view device_name(Device d) { return d == Device::cpu ? "cpu" : "cuda"; }
+std::string_view device_name(Device d) {
+  return d == Device::cpu ? "cpu" : "cuda";
+}
 
 namespace {
 class CpuAllocator final : public Allocator {
@@ -99,7 +101,9 @@ void Tensor::check_type(size_t elem) const {
               dtype_size(dtype_), elem);
 }
 
-bool Tensor::is_contiguous() const { return strides_ == contiguous_strides(shape_); }
+bool Tensor::is_contiguous() const {
+  return strides_ == contiguous_strides(shape_);
+}
 
 Tensor Tensor::view(const Shape& shape) const {
   SHOAL_CHECK(is_contiguous(), "view of a non-contiguous tensor {}", describe());
@@ -154,7 +158,8 @@ Tensor Tensor::transpose(int d0, int d1) const {
 }
 
 namespace {
-// Visits every element of a strided CPU tensor in row-major order: fn(element offset, linear index).
+// Visits every element of a strided CPU tensor in row-major order: fn(element offset, linear
+// index).
 template <typename Fn>
 void for_each_offset(const Shape& shape, const Shape& strides, Fn fn) {
   int64_t n = shape_numel(shape);
@@ -190,8 +195,8 @@ void Tensor::copy_from(const Tensor& src) {
   int nd = ndim();
   if (nd > 0 && strides_[nd - 1] == 1 && src.strides_[nd - 1] == 1) {
     Shape outer(shape_.begin(), shape_.end() - 1);
-    Shape dst_st(strides_.begin(), strides_.end() - 1), src_st(src.strides_.begin(),
-                                                               src.strides_.end() - 1);
+    Shape dst_st(strides_.begin(), strides_.end() - 1),
+        src_st(src.strides_.begin(), src.strides_.end() - 1);
     int64_t row = shape_[nd - 1];
     size_t ds = dtype_size(dtype_), ss = dtype_size(src.dtype_);
     std::vector<int64_t> src_offsets;

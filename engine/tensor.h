@@ -91,7 +91,7 @@ class Tensor {
   // Copies.
   Tensor contiguous() const;  // this when already contiguous
   Tensor clone() const;
-  Tensor to(DType dtype) const;  // CPU only; converts element-wise
+  Tensor to(DType dtype) const;       // CPU only; converts element-wise
   void copy_from(const Tensor& src);  // same shape; converts dtype; CPU only
   void fill(double v);                // CPU only
 

@@ -29,9 +29,13 @@ void check_rows(const Tensor& t, const char* what) {  // 2-D, last stride 1
               "{}: expected a 2-D tensor with unit last stride, got {} strides {}", what,
               t.describe(), shape_str(t.strides()));
 }
-int64_t row_stride(const Tensor& t) { return std::max<int64_t>(t.stride(0), t.size(1)); }
+int64_t row_stride(const Tensor& t) {
+  return std::max<int64_t>(t.stride(0), t.size(1));
+}
 
-inline float sigmoidf(float x) { return 1.0f / (1.0f + std::exp(-x)); }
+inline float sigmoidf(float x) {
+  return 1.0f / (1.0f + std::exp(-x));
+}
 
 class CpuBackend final : public Backend {
  public:
@@ -55,9 +59,8 @@ class CpuBackend final : public Backend {
     check_rows(c, "matmul c");
     int64_t m = ta ? a.size(1) : a.size(0), k = ta ? a.size(0) : a.size(1);
     int64_t kb = tb ? b.size(1) : b.size(0), n = tb ? b.size(0) : b.size(1);
-    SHOAL_CHECK(k == kb && c.size(0) == m && c.size(1) == n,
-                "matmul shapes: {}{} x {}{} -> {}", a.describe(), ta ? "^T" : "", b.describe(),
-                tb ? "^T" : "", c.describe());
+    SHOAL_CHECK(k == kb && c.size(0) == m && c.size(1) == n, "matmul shapes: {}{} x {}{} -> {}",
+                a.describe(), ta ? "^T" : "", b.describe(), tb ? "^T" : "", c.describe());
     if (m == 0 || n == 0) return;
     if (k == 0) {  // c = beta * c
       if (beta == 0.0f)
@@ -85,8 +88,8 @@ class CpuBackend final : public Backend {
     }
     // Strided views up to 3-D with unit last stride (e.g. one head's slice of [N, H, d]).
     SHOAL_CHECK(y.ndim() >= 1 && y.ndim() <= 3 && y.stride(-1) == 1 && x.stride(-1) == 1,
-                "add: strided operands must be 1-3-D with unit last stride: {} += {}",
-                y.describe(), x.describe());
+                "add: strided operands must be 1-3-D with unit last stride: {} += {}", y.describe(),
+                x.describe());
     int64_t d0 = y.ndim() == 3 ? y.size(0) : 1, d1 = y.ndim() >= 2 ? y.size(-2) : 1,
             d2 = y.size(-1);
     int64_t ys0 = y.ndim() == 3 ? y.stride(0) : 0, xs0 = y.ndim() == 3 ? x.stride(0) : 0;
@@ -191,14 +194,16 @@ class CpuBackend final : public Backend {
             bool inverse) override {
     check_f32(x, "rope x");
     check_contig_f32(cos_sin, "rope table");
-    SHOAL_CHECK(x.ndim() == 3 && x.stride(2) == 1, "rope: x must be [N, H, d] with unit last "
-                "stride, got {}", x.describe());
+    SHOAL_CHECK(x.ndim() == 3 && x.stride(2) == 1,
+                "rope: x must be [N, H, d] with unit last "
+                "stride, got {}",
+                x.describe());
     SHOAL_CHECK(positions.dtype() == DType::i32 && positions.numel() == x.size(0),
                 "rope: positions must be i32[{}], got {}", x.size(0), positions.describe());
     int64_t n = x.size(0), h = x.size(1), d = x.size(2), half = d / 2;
-    SHOAL_CHECK(d % 2 == 0 && cos_sin.ndim() == 3 && cos_sin.size(1) == half &&
-                    cos_sin.size(2) == 2,
-                "rope: table {} does not match head dim {}", cos_sin.describe(), d);
+    SHOAL_CHECK(
+        d % 2 == 0 && cos_sin.ndim() == 3 && cos_sin.size(1) == half && cos_sin.size(2) == 2,
+        "rope: table {} does not match head dim {}", cos_sin.describe(), d);
     const int32_t* pos = positions.i32();
     int64_t max_pos = cos_sin.size(0);
     for (int64_t i = 0; i < n; ++i)
@@ -236,8 +241,8 @@ class CpuBackend final : public Backend {
     SHOAL_CHECK(k.size(0) == n && v.size(0) == n && k.size(1) == h && v.size(1) == h &&
                     k.size(2) == q.size(2) && out.size(0) == n && out.size(1) == h &&
                     out.size(2) == v.size(2),
-                "attention shapes: q {} k {} v {} out {}", q.describe(), k.describe(),
-                v.describe(), out.describe());
+                "attention shapes: q {} k {} v {} out {}", q.describe(), k.describe(), v.describe(),
+                out.describe());
     check_contig_f32(lse, "attention lse");
     SHOAL_CHECK(lse.numel() == h * n, "attention: lse {} must hold H*N = {}", lse.describe(),
                 h * n);
@@ -334,9 +339,8 @@ class CpuBackend final : public Backend {
         // dV = P^T dO ; dQ = scale dS K ; dK = scale dS^T Q
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(len), int(dvd), int(len), 1.0f,
                     p.data(), int(len), doh, int(dout.stride(0)), 0.0f, dvh, int(dv.stride(0)));
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(len), int(dkd), int(len),
-                    scale, dp.data(), int(len), kh, int(k.stride(0)), 0.0f, dqh,
-                    int(dq.stride(0)));
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(len), int(dkd), int(len), scale,
+                    dp.data(), int(len), kh, int(k.stride(0)), 0.0f, dqh, int(dq.stride(0)));
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(len), int(dkd), int(len), scale,
                     dp.data(), int(len), qh, int(q.stride(0)), 0.0f, dkh, int(dk.stride(0)));
       }
@@ -347,8 +351,8 @@ class CpuBackend final : public Backend {
     check_rows(gu, "swiglu gate_up");
     check_rows(h, "swiglu h");
     int64_t n = gu.size(0), inter = h.size(1);
-    SHOAL_CHECK(gu.size(1) == 2 * inter && h.size(0) == n, "swiglu shapes: {} -> {}",
-                gu.describe(), h.describe());
+    SHOAL_CHECK(gu.size(1) == 2 * inter && h.size(0) == n, "swiglu shapes: {} -> {}", gu.describe(),
+                h.describe());
     const float* pg = gu.f32();
     float* ph = h.f32();
     int64_t sg = row_stride(gu), sh = row_stride(h);
@@ -388,8 +392,10 @@ class CpuBackend final : public Backend {
   }
 
   void check_ids(const Tensor& ids, int64_t limit, const char* what) {
-    SHOAL_CHECK(ids.dtype() == DType::i32 && ids.is_contiguous(), "{}: ids must be contiguous "
-                "i32, got {}", what, ids.describe());
+    SHOAL_CHECK(ids.dtype() == DType::i32 && ids.is_contiguous(),
+                "{}: ids must be contiguous "
+                "i32, got {}",
+                what, ids.describe());
     const int32_t* p = ids.i32();
     for (int64_t i = 0; i < ids.numel(); ++i)
       SHOAL_CHECK(p[i] >= 0 && p[i] < limit, "{}: id {} at position {} is outside [0, {})", what,
@@ -479,9 +485,8 @@ class CpuBackend final : public Backend {
     SHOAL_CHECK(topk_idx.dtype() == DType::i32 && topk_idx.numel() == n * kk &&
                     topk_w.numel() == n * kk && topk_idx.is_contiguous(),
                 "router outputs: idx {} w {}", topk_idx.describe(), topk_w.describe());
-    SHOAL_CHECK(p.n_group > 0 && e % p.n_group == 0 && e / p.n_group >= 2 &&
-                    p.topk_group >= 1 && p.topk_group <= p.n_group && kk >= 1 &&
-                    kk <= p.topk_group * (e / p.n_group),
+    SHOAL_CHECK(p.n_group > 0 && e % p.n_group == 0 && e / p.n_group >= 2 && p.topk_group >= 1 &&
+                    p.topk_group <= p.n_group && kk >= 1 && kk <= p.topk_group * (e / p.n_group),
                 "router parameters: {} experts, {} groups, top {} groups, top {}", e, p.n_group,
                 p.topk_group, kk);
     if (use_given_idx) {
@@ -548,9 +553,9 @@ class CpuBackend final : public Backend {
     check_contig_f32(scores, "router scores");
     check_contig_f32(dlogits, "router dlogits");
     int64_t n = scores.size(0), e = p.n_experts, kk = p.top_k;
-    SHOAL_CHECK(dlogits.shape() == scores.shape() && dw.numel() == n * kk &&
-                    topk_idx.numel() == n * kk,
-                "router backward shapes");
+    SHOAL_CHECK(
+        dlogits.shape() == scores.shape() && dw.numel() == n * kk && topk_idx.numel() == n * kk,
+        "router backward shapes");
     const float *pdw = dw.f32(), *ps = scores.f32();
     const int32_t* pi = topk_idx.i32();
     float* pd = dlogits.f32();
@@ -596,7 +601,8 @@ class CpuBackend final : public Backend {
       ++counts[size_t(pi[i])];
     }
     std::vector<int64_t> next(size_t(n_experts), 0);
-    for (int64_t e = 1; e < n_experts; ++e) next[size_t(e)] = next[size_t(e - 1)] + counts[size_t(e - 1)];
+    for (int64_t e = 1; e < n_experts; ++e)
+      next[size_t(e)] = next[size_t(e - 1)] + counts[size_t(e - 1)];
     int32_t* po = order.i32();
     for (int64_t i = 0; i < m; ++i) po[next[size_t(pi[i])]++] = int32_t(i);
   }
@@ -680,10 +686,11 @@ class CpuBackend final : public Backend {
 
   void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
              const AdamWParams& p) override {
-    for (const Tensor* t : {(const Tensor*)&param, &grad, (const Tensor*)&m, (const Tensor*)&v}) check_contig_f32(*t, "adamw");
-    SHOAL_CHECK(param.shape() == grad.shape() && m.shape() == grad.shape() &&
-                    v.shape() == grad.shape(),
-                "adamw: shapes differ ({})", param.describe());
+    for (const Tensor* t : {(const Tensor*)&param, &grad, (const Tensor*)&m, (const Tensor*)&v})
+      check_contig_f32(*t, "adamw");
+    SHOAL_CHECK(
+        param.shape() == grad.shape() && m.shape() == grad.shape() && v.shape() == grad.shape(),
+        "adamw: shapes differ ({})", param.describe());
     SHOAL_CHECK(p.step >= 1, "adamw: step must be >= 1");
     float* pp = param.f32();
     const float* pg = grad.f32();
@@ -706,7 +713,9 @@ class CpuBackend final : public Backend {
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+std::unique_ptr<Backend> make_cpu_backend() {
+  return std::make_unique<CpuBackend>();
+}
 
 Backend& cpu_backend() {
   static CpuBackend b;

@@ -1,6 +1,7 @@
 // ModelConfig: the DeepSeek-V3 / V3.2 architecture read from a Hugging Face config.json, validated.
-// Accepts both transformers 4 keys (rope_theta + rope_scaling) and transformers 5's rope_parameters,
-// q_lora_rank null, any number of layers/experts/groups. Not the run config (that is rl/actors').
+// Accepts both transformers 4 keys (rope_theta + rope_scaling) and transformers 5's
+// rope_parameters, q_lora_rank null, any number of layers/experts/groups. Not the run config (that
+// is rl/actors').
 #pragma once
 
 #include <nlohmann/json_fwd.hpp>
@@ -57,7 +58,8 @@ struct ModelConfig {
   int64_t qk_head_dim() const { return qk_nope_head_dim + qk_rope_head_dim; }
   bool is_moe_layer(int64_t layer) const { return layer_is_moe.at(size_t(layer)); }
   bool is_v32() const { return model_type == "deepseek_v32"; }
-  // Softmax scale: qk_head_dim^-0.5, times mscale(factor, mscale_all_dim)^2 under YaRN (as HF does).
+  // Softmax scale: qk_head_dim^-0.5, times mscale(factor, mscale_all_dim)^2 under YaRN (as HF
+  // does).
   double softmax_scale() const;
 
   // Parses and validates; errors name `source` (a file path) and the key.

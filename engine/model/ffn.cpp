@@ -3,8 +3,8 @@
 
 namespace shoal {
 
-void swiglu_forward(Backend& be, const SwiGluWeights& w, const Tensor& x, Tensor& y,
-                    SwiGluSaved& s, bool accumulate) {
+void swiglu_forward(Backend& be, const SwiGluWeights& w, const Tensor& x, Tensor& y, SwiGluSaved& s,
+                    bool accumulate) {
   int64_t n = x.size(0), inter = w.inter();
   s.x = x;
   s.gate_up = be.empty({n, 2 * inter});

@@ -18,8 +18,8 @@ Mla::Mla(const ModelConfig& c, ParamSet& ps, const std::string& prefix) : c_(c),
   }
   w_.kv_a = ps[add("kv_a_proj_with_mqa.weight", {c.kv_lora_rank + c.qk_rope_head_dim, d})].value;
   w_.kv_a_norm = ps[add("kv_a_layernorm.weight", {c.kv_lora_rank})].value;
-  w_.kv_b = ps[add("kv_b_proj.weight", {h * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank})]
-                .value;
+  w_.kv_b =
+      ps[add("kv_b_proj.weight", {h * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank})].value;
   w_.o = ps[add("o_proj.weight", {d, h * c.v_head_dim})].value;
   bind(ps);
 }
@@ -39,8 +39,7 @@ void Mla::bind(ParamSet& ps) {
   w_.g_o = g("o_proj.weight");
 }
 
-void Mla::forward(Backend& be, const Tensor& x, const AttentionInputs& in, Tensor& y,
-                  MlaSaved& s) {
+void Mla::forward(Backend& be, const Tensor& x, const AttentionInputs& in, Tensor& y, MlaSaved& s) {
   const int64_t n = x.size(0), h = c_.num_attention_heads, dn = c_.qk_nope_head_dim,
                 dr = c_.qk_rope_head_dim, dv = c_.v_head_dim, dq = dn + dr, rkv = c_.kv_lora_rank;
   const float eps = float(c_.rms_norm_eps);
@@ -84,8 +83,8 @@ void Mla::forward(Backend& be, const Tensor& x, const AttentionInputs& in, Tenso
 
   s.attn = be.empty({n, h, dv});
   s.lse = be.empty({h, n});
-  be.attention_forward(q3, s.k, kv3.slice(2, dn, dn + dv), in.cu_seqlens,
-                       float(c_.softmax_scale()), s.attn, s.lse);
+  be.attention_forward(q3, s.k, kv3.slice(2, dn, dn + dv), in.cu_seqlens, float(c_.softmax_scale()),
+                       s.attn, s.lse);
   be.matmul(s.attn.view({n, h * dv}), false, w_.o, true, y);
 }
 
@@ -104,8 +103,8 @@ void Mla::backward(Backend& be, const MlaSaved& s, const AttentionInputs& in, co
   Tensor dv_view = dkv_b.slice(2, dn, dn + dv);
   Tensor kv3 = s.kv_b.view({n, h, dn + dv});
   Tensor dv_tmp = be.empty({n, h, dv});
-  be.attention_backward(s.q.view({n, h, dq}), s.k, kv3.slice(2, dn, dn + dv), s.attn, dattn,
-                        s.lse, in.cu_seqlens, float(c_.softmax_scale()), dqt, dk, dv_tmp);
+  be.attention_backward(s.q.view({n, h, dq}), s.k, kv3.slice(2, dn, dn + dv), s.attn, dattn, s.lse,
+                        in.cu_seqlens, float(c_.softmax_scale()), dqt, dk, dv_tmp);
   be.copy(dv_tmp, dv_view);
   Tensor dk_nope_dst = dkv_b.slice(2, 0, dn);
   be.copy(dk.slice(2, 0, dn), dk_nope_dst);

@@ -1,12 +1,12 @@
 // DeepSeek-V3 model: parameter layout, checkpoint mapping, forward and backward.
 #include "engine/model/model.h"
 
+#include <unistd.h>
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <random>
-#include <unistd.h>
 
 #include "base/log.h"
 #include "engine/model/rope_table.h"
@@ -205,7 +205,8 @@ void Model::load_weights(const std::string& dir) {
       host = src.to(DType::f32);
       float* h = host.f32();
       for (int64_t r = 0; r < rows; ++r)
-        for (int64_t c = 0; c < cols; ++c) h[r * cols + c] *= scale.f32()[(r / br) * want[1] + c / bc];
+        for (int64_t c = 0; c < cols; ++c)
+          h[r * cols + c] *= scale.f32()[(r / br) * want[1] + c / bc];
       used.push_back(sname);
     } else {
       host = src;
@@ -227,8 +228,8 @@ void Model::load_weights(const std::string& dir) {
     else
       unknown.push_back(name);
   }
-  if (ignored_mtp) log::info("{}: {} MTP tensors not loaded (MTP is not used by this model)", dir,
-                             ignored_mtp);
+  if (ignored_mtp)
+    log::info("{}: {} MTP tensors not loaded (MTP is not used by this model)", dir, ignored_mtp);
   if (!unknown.empty())
     log::warn("{}: {} tensors not used by the model, e.g. '{}'", dir, unknown.size(), unknown[0]);
 }
@@ -264,7 +265,8 @@ void Model::save(const std::string& dir, size_t max_shard_bytes, DType dtype) {
 
 const Tensor& Model::rope_table(int64_t positions) {
   if (!rope_table_.defined() || rope_table_.size(0) < positions) {
-    int64_t p = std::max<int64_t>(positions, std::min<int64_t>(config_.max_position_embeddings, 8192));
+    int64_t p =
+        std::max<int64_t>(positions, std::min<int64_t>(config_.max_position_embeddings, 8192));
     rope_table_ = be_->from_host(rope_cos_sin_table(config_, p));
   }
   return rope_table_;
@@ -275,9 +277,9 @@ ForwardResult Model::forward(const Batch& batch, const ForwardOptions& opt) {
   Backend& be = *be_;
   int64_t n = batch.tokens(), d = c.hidden_size;
   SHOAL_CHECK(n > 0, "forward: empty batch");
-  SHOAL_CHECK(batch.ids.dtype() == DType::i32 && batch.labels.numel() == n &&
-                  batch.positions.numel() == n,
-              "forward: batch ids/labels/positions must be i32[{}]", n);
+  SHOAL_CHECK(
+      batch.ids.dtype() == DType::i32 && batch.labels.numel() == n && batch.positions.numel() == n,
+      "forward: batch ids/labels/positions must be i32[{}]", n);
   SHOAL_CHECK(batch.cu_seqlens.size() >= 2 && batch.cu_seqlens.back() == n,
               "forward: cu_seqlens must end at the token count {}", n);
   int32_t max_pos = 0;
@@ -317,8 +319,8 @@ ForwardResult Model::forward(const Batch& batch, const ForwardOptions& opt) {
       const Tensor* replay = nullptr;
       if (opt.replay_routing && (*opt.replay_routing)[l].defined())
         replay = &(*opt.replay_routing)[l];
-      r.balance_loss += L.moe->forward(be, ls.xn2, s->in.cu_seqlens, out, ls.moe, replay,
-                                       opt.balance_alpha);
+      r.balance_loss +=
+          L.moe->forward(be, ls.xn2, s->in.cu_seqlens, out, ls.moe, replay, opt.balance_alpha);
       r.routing[l] = be.to_host(ls.moe.topk_idx);
     } else {
       swiglu_forward(be, L.mlp, ls.xn2, out, ls.mlp, false);
@@ -337,8 +339,8 @@ ForwardResult Model::forward(const Batch& batch, const ForwardOptions& opt) {
   Tensor labels = be.from_host(batch.labels);
   for (int64_t i = 0; i < n; ++i) r.targets += batch.labels.i32()[i] != -100;
   float grad_scale = r.targets > 0 ? 1.0f / float(r.targets) : 0.0f;
-  double total = be.cross_entropy(logits, labels, grad_scale,
-                                  opt.need_backward ? &logits : nullptr);
+  double total =
+      be.cross_entropy(logits, labels, grad_scale, opt.need_backward ? &logits : nullptr);
   r.ce_loss = r.targets > 0 ? total / double(r.targets) : 0.0;
   r.loss = r.ce_loss + r.balance_loss;
   if (opt.need_backward) {

@@ -1,7 +1,8 @@
-// The DeepSeek-V3 causal LM (REFERENCE.md §1): embedding, decoder layers (RMSNorm -> MLA -> residual,
-// RMSNorm -> dense SwiGLU or DeepSeekMoE -> residual), final RMSNorm, untied lm_head, next-token
-// cross-entropy. Forward saves what backward needs; backward is written out per layer (no tape).
-// Not here: decoding with a KV cache (generation engine), DSA (its own files), the optimizer.
+// The DeepSeek-V3 causal LM (REFERENCE.md §1): embedding, decoder layers (RMSNorm -> MLA ->
+// residual, RMSNorm -> dense SwiGLU or DeepSeekMoE -> residual), final RMSNorm, untied lm_head,
+// next-token cross-entropy. Forward saves what backward needs; backward is written out per layer
+// (no tape). Not here: decoding with a KV cache (generation engine), DSA (its own files), the
+// optimizer.
 #pragma once
 
 #include <memory>
@@ -19,9 +20,9 @@ namespace shoal {
 
 // A packed batch of sequences. Host tensors; the model moves them to its backend.
 struct Batch {
-  Tensor ids;        // i32 [N]
-  Tensor labels;     // i32 [N]; -100 = no loss at this position
-  Tensor positions;  // i32 [N]; position of each token within its sequence
+  Tensor ids;                       // i32 [N]
+  Tensor labels;                    // i32 [N]; -100 = no loss at this position
+  Tensor positions;                 // i32 [N]; position of each token within its sequence
   std::vector<int64_t> cu_seqlens;  // S+1 offsets from 0 to N
   int64_t tokens() const { return ids.numel(); }
   // Labels are the next token of the same sequence (last position of each sequence: -100).
@@ -29,19 +30,19 @@ struct Batch {
 };
 
 struct ForwardOptions {
-  bool keep_logits = false;     // return the logits (host copy, [N, V])
-  bool need_backward = true;    // compute d(loss)/d(logits) for backward()
-  double balance_alpha = 0.0;   // sequence-wise balance loss weight (0 = off)
+  bool keep_logits = false;    // return the logits (host copy, [N, V])
+  bool need_backward = true;   // compute d(loss)/d(logits) for backward()
+  double balance_alpha = 0.0;  // sequence-wise balance loss weight (0 = off)
   // Routing replay: per layer (empty for dense layers) the expert ids i32 [N, K] to use.
   const std::vector<Tensor>* replay_routing = nullptr;
 };
 
 struct ForwardResult {
-  double loss = 0;          // mean cross-entropy over labelled positions + balance loss
-  double ce_loss = 0;       // mean cross-entropy alone
-  double balance_loss = 0;  // summed over MoE layers
-  int64_t targets = 0;      // labelled positions
-  Tensor logits;            // host [N, V] when keep_logits
+  double loss = 0;              // mean cross-entropy over labelled positions + balance loss
+  double ce_loss = 0;           // mean cross-entropy alone
+  double balance_loss = 0;      // summed over MoE layers
+  int64_t targets = 0;          // labelled positions
+  Tensor logits;                // host [N, V] when keep_logits
   std::vector<Tensor> routing;  // per layer i32 [N, K] expert ids (host), empty for dense layers
 };
 

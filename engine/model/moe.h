@@ -1,7 +1,7 @@
 // DeepSeekMoE layer: noaux_tc router (sigmoid scores, bias for selection only, group-limited top-k,
-// normalized and scaled weights), routed SwiGLU experts stacked as [E, ...] tensors, shared experts,
-// the auxiliary-loss-free load counts for the router-bias update and the optional sequence-wise
-// balance loss.
+// normalized and scaled weights), routed SwiGLU experts stacked as [E, ...] tensors, shared
+// experts, the auxiliary-loss-free load counts for the router-bias update and the optional
+// sequence-wise balance loss.
 #pragma once
 
 #include "engine/model/config.h"

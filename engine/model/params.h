@@ -1,7 +1,7 @@
 // Parameters of a model: named value tensors with their gradient buffers, in a stable order (the
-// optimizer, gradient clipping and checkpoints iterate it). Packed internal layouts (experts stacked
-// as [E, ...], gate and up projections stacked as one [2I, D] matrix) are exposed to checkpoints
-// as per-tensor views under their Hugging Face names; see CheckpointTensor.
+// optimizer, gradient clipping and checkpoints iterate it). Packed internal layouts (experts
+// stacked as [E, ...], gate and up projections stacked as one [2I, D] matrix) are exposed to
+// checkpoints as per-tensor views under their Hugging Face names; see CheckpointTensor.
 #pragma once
 
 #include <string>
@@ -40,7 +40,7 @@ class ParamSet {
   auto end() const { return params_.end(); }
   int64_t trainable_numel() const;
   void zero_grads();
-  double grad_norm();                // global L2 norm over all gradients
+  double grad_norm();                      // global L2 norm over all gradients
   double clip_grad_norm(double max_norm);  // scales grads when above max; returns the norm before
 
  private:

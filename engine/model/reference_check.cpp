@@ -37,8 +37,10 @@ CheckReport check_against_reference(Model& model, const std::string& reference,
               ids.describe());
   int64_t b = ids.size(0), t = ids.size(1), v = model.config().vocab_size;
   Tensor ref_logits = ref.get("logits");
-  SHOAL_CHECK(ref_logits.numel() == b * t * v, "{}: logits {} do not match input_ids {} and vocab "
-              "{}", reference, ref_logits.describe(), ids.describe(), v);
+  SHOAL_CHECK(ref_logits.numel() == b * t * v,
+              "{}: logits {} do not match input_ids {} and vocab "
+              "{}",
+              reference, ref_logits.describe(), ids.describe(), v);
   std::vector<std::vector<int32_t>> seqs(static_cast<size_t>(b));
   for (int64_t i = 0; i < b; ++i)
     for (int64_t j = 0; j < t; ++j) {
@@ -58,9 +60,10 @@ CheckReport check_against_reference(Model& model, const std::string& reference,
   rep.loss = fr.loss;
   rep.reference_loss = ref.get("loss").to(DType::f64).f64()[0];
   rep.rows.push_back({"logits", relative_l2(fr.logits, ref_logits), tol.logits});
-  rep.rows.push_back({"loss", std::fabs(fr.loss - rep.reference_loss) /
-                                  std::max(std::fabs(rep.reference_loss), 1e-30),
-                      tol.loss});
+  rep.rows.push_back(
+      {"loss",
+       std::fabs(fr.loss - rep.reference_loss) / std::max(std::fabs(rep.reference_loss), 1e-30),
+       tol.loss});
   if (grads.empty()) return rep;
 
   model.backward();
@@ -72,8 +75,7 @@ CheckReport check_against_reference(Model& model, const std::string& reference,
   std::map<std::string, bool> covered;
   for (auto& name : g.names()) {
     auto it = mine.find(name);
-    SHOAL_CHECK(it != mine.end(), "{}: gradient '{}' has no counterpart in the model", grads,
-                name);
+    SHOAL_CHECK(it != mine.end(), "{}: gradient '{}' has no counterpart in the model", grads, name);
     Tensor want = g.get(name);
     Tensor have = model.backend().to_host(it->second);
     SHOAL_CHECK(want.shape() == have.shape(), "{}: gradient '{}' is {}, the model's is {}", grads,

@@ -10,8 +10,8 @@
 namespace shoal {
 
 struct RopeFrequencies {
-  std::vector<double> inv_freq;     // qk_rope_head_dim / 2 entries
-  double attention_scaling = 1.0;   // multiplies cos and sin
+  std::vector<double> inv_freq;    // qk_rope_head_dim / 2 entries
+  double attention_scaling = 1.0;  // multiplies cos and sin
 };
 
 RopeFrequencies rope_frequencies(const ModelConfig& c);

@@ -1,13 +1,13 @@
 // Trainer: the loop, the schedule and checkpoint/resume.
 #include "engine/train/trainer.h"
 
+#include <unistd.h>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <sstream>
-#include <unistd.h>
 
 #include "base/log.h"
 

@@ -1,5 +1,6 @@
 // The shoal binary as a user runs it: usage errors exit 2 with a usage message, check-model passes
-// on the goldens and fails with one clear message on bad checkpoints, pretrain refuses to overwrite.
+// on the goldens and fails with one clear message on bad checkpoints, pretrain refuses to
+// overwrite.
 #include <gtest/gtest.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -31,13 +32,16 @@ Result shoal(const std::string& args) {
   return r;
 }
 
-std::string data(const std::string& rel) { return std::string(SHOAL_TEST_DATA) + "/" + rel; }
+std::string data(const std::string& rel) {
+  return std::string(SHOAL_TEST_DATA) + "/" + rel;
+}
 
 fs::path temp_copy_of(const std::string& model, const std::string& tag) {
   fs::path dst = fs::temp_directory_path() / ("shoal_cli_" + tag + "_" + std::to_string(getpid()));
   fs::remove_all(dst);
   fs::create_directories(dst);
-  for (auto* f : {"config.json", "model.safetensors"}) fs::copy_file(data(model) + "/" + f, dst / f);
+  for (auto* f : {"config.json", "model.safetensors"})
+    fs::copy_file(data(model) + "/" + f, dst / f);
   return dst;
 }
 

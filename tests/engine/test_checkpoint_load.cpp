@@ -5,9 +5,9 @@
 
 #include <cmath>
 #include <cstring>
-#include <map>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 
 #include "engine/model/model.h"
@@ -25,7 +25,9 @@ fs::path fresh_dir(const std::string& tag) {
   return p;
 }
 
-std::string golden() { return std::string(SHOAL_TEST_DATA) + "/tiny_v3"; }
+std::string golden() {
+  return std::string(SHOAL_TEST_DATA) + "/tiny_v3";
+}
 
 TEST(CheckpointLoad, Bf16CheckpointLoadsAsRoundedValues) {
   CheckpointReader src = CheckpointReader::open(golden());
@@ -49,8 +51,8 @@ TEST(CheckpointLoad, Fp8BlockQuantizedCheckpointDequantizes) {
   CheckpointReader src = CheckpointReader::open(golden());
   fs::path dir = fresh_dir("fp8");
   nlohmann::json cfg = nlohmann::json::parse(std::ifstream(golden() + "/config.json"));
-  cfg["quantization_config"] = {{"quant_method", "fp8"}, {"fmt", "e4m3"},
-                                {"weight_block_size", {16, 16}}};
+  cfg["quantization_config"] = {
+      {"quant_method", "fp8"}, {"fmt", "e4m3"}, {"weight_block_size", {16, 16}}};
   std::ofstream(dir / "config.json") << cfg.dump(2);
   std::vector<std::pair<std::string, Tensor>> t;
   std::map<std::string, Tensor> expected;
@@ -101,8 +103,7 @@ TEST(CheckpointLoad, Fp8BlockQuantizedCheckpointDequantizes) {
     Model::from_pretrained(dir.string(), cpu_backend());
     FAIL() << "loaded an FP8 tensor without its scale";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("o_proj.weight_scale_inv"), std::string::npos)
-        << e.what();
+    EXPECT_NE(std::string(e.what()).find("o_proj.weight_scale_inv"), std::string::npos) << e.what();
   }
   fs::remove_all(dir);
 }
@@ -124,7 +125,8 @@ TEST(CheckpointLoad, MissingAndMisshapenTensorsAreNamed) {
         << e.what();
     EXPECT_NE(std::string(e.what()).find("missing"), std::string::npos) << e.what();
   }
-  t.emplace_back("model.layers.2.mlp.experts.5.up_proj.weight", Tensor::zeros({32, 63}, DType::f32));
+  t.emplace_back("model.layers.2.mlp.experts.5.up_proj.weight",
+                 Tensor::zeros({32, 63}, DType::f32));
   write_safetensors((dir / "model.safetensors").string(), t);
   try {
     Model::from_pretrained(dir.string(), cpu_backend());

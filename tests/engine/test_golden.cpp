@@ -21,25 +21,37 @@ void expect_matches_golden(const std::string& name) {
   // logits + loss + one row per reference gradient (every parameter must be covered: see missing).
   ASSERT_GT(rep.rows.size(), 2u);
   for (auto& r : rep.rows) EXPECT_LE(r.error, r.tolerance) << name << ": " << r.name;
-  EXPECT_TRUE(rep.missing.empty()) << "parameters without a reference gradient: "
-                                   << rep.missing.size();
+  EXPECT_TRUE(rep.missing.empty())
+      << "parameters without a reference gradient: " << rep.missing.size();
   EXPECT_TRUE(rep.ok());
 }
 
-TEST(Golden, TinyV3LogitsLossAndGradients) { expect_matches_golden("tiny_v3"); }
-TEST(Golden, TinyV3YarnLogitsLossAndGradients) { expect_matches_golden("tiny_v3_yarn"); }
+TEST(Golden, TinyV3LogitsLossAndGradients) {
+  expect_matches_golden("tiny_v3");
+}
+TEST(Golden, TinyV3YarnLogitsLossAndGradients) {
+  expect_matches_golden("tiny_v3_yarn");
+}
 
 // Configurations beyond the shipped goldens, made by scripts/reference/make_reference.py with
 // transformers 5.17.0 (see tests/data/varied/README.md): no q LoRA with 2 dense layers, 4 groups
 // / top-2 groups, 3 experts per token, 2 shared experts and unnormalized weights; YaRN with
 // mscale != mscale_all_dim (attention factor != 1), half-split RoPE and 3 groups; a
 // transformers-4 style config (rope_theta + rope_scaling, factor 40) with every layer MoE.
-TEST(Golden, VariedNoQLora) { expect_matches_golden("varied/noqlora"); }
-TEST(Golden, VariedYarnMscale) { expect_matches_golden("varied/yarn_mscale"); }
-TEST(Golden, VariedLegacyYarnConfig) { expect_matches_golden("varied/legacy_yarn"); }
+TEST(Golden, VariedNoQLora) {
+  expect_matches_golden("varied/noqlora");
+}
+TEST(Golden, VariedYarnMscale) {
+  expect_matches_golden("varied/yarn_mscale");
+}
+TEST(Golden, VariedLegacyYarnConfig) {
+  expect_matches_golden("varied/legacy_yarn");
+}
 
 // A checkpoint shoal wrote (bf16), loaded and run by transformers (tests/data/hf_readback).
-TEST(Golden, TransformersReadsWhatShoalWrites) { expect_matches_golden("hf_readback/pretrained_bf16"); }
+TEST(Golden, TransformersReadsWhatShoalWrites) {
+  expect_matches_golden("hf_readback/pretrained_bf16");
+}
 
 TEST(Golden, V32IsRejectedClearlyUntilDsaExists) {
   std::string dir = std::string(SHOAL_TEST_DATA) + "/tiny_v32";

@@ -3,11 +3,11 @@
 // router-bias update follows the load, and AdamW matches its formula.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
 #include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <nlohmann/json.hpp>
-#include <unistd.h>
 
 #include "engine/model/model.h"
 #include "engine/optim/adamw.h"
@@ -44,7 +44,8 @@ ModelConfig tiny_config(int64_t vocab) {
 }
 
 fs::path temp_dir(const std::string& name) {
-  fs::path p = fs::temp_directory_path() / ("shoal_test_" + name + "_" + std::to_string(::getpid()));
+  fs::path p =
+      fs::temp_directory_path() / ("shoal_test_" + name + "_" + std::to_string(::getpid()));
   fs::remove_all(p);
   return p;
 }
