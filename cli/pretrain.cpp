@@ -6,6 +6,8 @@
 #include <csignal>
 #include <cstdio>
 #include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
 
 #include "cli/commands.h"
 #include "engine/train/synthetic.h"
@@ -70,6 +72,38 @@ Run add_pretrain(CLI::App& app) {
                 "another --out",
                 o->out);
     o->train.out_dir = o->out;
+
+    // The run's options live in OUT/run.json; a resumed run must use the same ones (else the data
+    // stream or the schedule would silently change). Only --steps may grow, with a note.
+    nlohmann::json opts = {{"task", o->task.kind},    {"model", o->model},
+                           {"steps", o->train.steps}, {"batch", o->batch},
+                           {"lr", o->train.lr},       {"warmup", o->train.warmup_steps},
+                           {"seed", o->seed},         {"model_config", cfg.to_json()}};
+    fs::path run_json = fs::path(o->out) / "run.json";
+    if (o->resume && fs::exists(run_json)) {
+      nlohmann::json prev;
+      try {
+        prev = nlohmann::json::parse(std::ifstream(run_json));
+      } catch (const nlohmann::json::exception& e) {
+        SHOAL_FAIL("{}: invalid JSON: {}", run_json.string(), e.what());
+      }
+      for (auto& [key, value] : opts.items()) {
+        if (key == "steps" || key == "model" || prev.value(key, nlohmann::json()) == value)
+          continue;
+        SHOAL_FAIL("{}: this run was started with {} = {}, not {}: resume with the same options",
+                   run_json.string(), key, prev.value(key, nlohmann::json()).dump(), value.dump());
+      }
+      if (prev.value("steps", int64_t(0)) != o->train.steps)
+        std::printf("note: --steps changed from %lld to %lld: the learning-rate schedule changes\n",
+                    (long long)prev.value("steps", int64_t(0)), (long long)o->train.steps);
+    }
+    fs::create_directories(o->out);
+    {
+      std::ofstream f(run_json.string() + ".tmp");
+      f << opts.dump(2) << "\n";
+      SHOAL_CHECK(f.good(), "cannot write {}", run_json.string());
+    }
+    fs::rename(run_json.string() + ".tmp", run_json);
 
     Backend& be = cpu_backend();
     Model model(cfg, be);

@@ -138,6 +138,11 @@ TEST(Cli, PretrainRefusesToOverwriteARun) {
   r = shoal(args + " --resume");
   EXPECT_EQ(r.code, 0) << r.out;
   EXPECT_NE(r.out.find("resumed from"), std::string::npos) << r.out;
+  // Resuming with other options would silently change the run: refused, naming the option.
+  r = shoal(args + " --resume --lr 0.5");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("lr"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("run.json"), std::string::npos) << r.out;
   fs::remove_all(out);
 }
 
