@@ -192,17 +192,54 @@ class TimingBackend final : public Backend {
     timed("rope", 0, [&] { be_.rope(x, positions, cos_sin, interleaved, inverse); });
   }
   void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
-                         const std::vector<int64_t>& cu, float scale, Tensor& o,
-                         Tensor& lse) override {
+                         const std::vector<int64_t>& cu, float scale, Tensor& o, Tensor& lse,
+                         const Tensor* sparse) override {
     double f = attention_flops(q.size(1), q.size(2), v.size(2), cu, false);
-    timed("attention_forward", f, [&] { be_.attention_forward(q, k, v, cu, scale, o, lse); });
+    timed("attention_forward", f,
+          [&] { be_.attention_forward(q, k, v, cu, scale, o, lse, sparse); });
   }
   void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& o,
                           const Tensor& dout, const Tensor& lse, const std::vector<int64_t>& cu,
-                          float scale, Tensor& dq, Tensor& dk, Tensor& dv) override {
+                          float scale, Tensor& dq, Tensor& dk, Tensor& dv,
+                          const Tensor* sparse) override {
     double f = attention_flops(q.size(1), q.size(2), v.size(2), cu, true);
     timed("attention_backward", f,
-          [&] { be_.attention_backward(q, k, v, o, dout, lse, cu, scale, dq, dk, dv); });
+          [&] { be_.attention_backward(q, k, v, o, dout, lse, cu, scale, dq, dk, dv, sparse); });
+  }
+  // DSA ops (V3.2 configs; the benchmark's models are V3, so these only forward).
+  void attention_head_sum_probs(const Tensor& q, const Tensor& k, const Tensor& lse,
+                                const std::vector<int64_t>& cu, float scale, const Tensor* sparse,
+                                Tensor& p) override {
+    timed("dsa", 0, [&] { be_.attention_head_sum_probs(q, k, lse, cu, scale, sparse, p); });
+  }
+  void indexer_scores(const Tensor& q, const Tensor& k, const Tensor& w,
+                      const std::vector<int64_t>& cu, float scale, Tensor& s) override {
+    timed("dsa", 0, [&] { be_.indexer_scores(q, k, w, cu, scale, s); });
+  }
+  void indexer_scores_backward(const Tensor& q, const Tensor& k, const Tensor& w,
+                               const std::vector<int64_t>& cu, float scale, const Tensor& ds,
+                               Tensor& dq, Tensor& dk, Tensor& dw) override {
+    timed("dsa", 0, [&] { be_.indexer_scores_backward(q, k, w, cu, scale, ds, dq, dk, dw); });
+  }
+  void topk_rows(const Tensor& s, const std::vector<int64_t>& cu, int64_t k, Tensor& idx) override {
+    timed("dsa", 0, [&] { be_.topk_rows(s, cu, k, idx); });
+  }
+  double indexer_kl(const Tensor& p, const Tensor& s, const std::vector<int64_t>& cu,
+                    const Tensor* sparse, float gs, Tensor& ds) override {
+    double r = 0;
+    timed("dsa", 0, [&] { r = be_.indexer_kl(p, s, cu, sparse, gs, ds); });
+    return r;
+  }
+  void hadamard_fp8(Tensor& x, bool hadamard, bool fp8) override {
+    timed("dsa", 0, [&] { be_.hadamard_fp8(x, hadamard, fp8); });
+  }
+  void layernorm_forward(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Tensor& y,
+                         Tensor& mean, Tensor& rstd) override {
+    timed("layernorm", 0, [&] { be_.layernorm_forward(x, w, b, eps, y, mean, rstd); });
+  }
+  void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& mean,
+                          const Tensor& rstd, Tensor& dx, Tensor& dw, Tensor& db) override {
+    timed("layernorm", 0, [&] { be_.layernorm_backward(dy, x, w, mean, rstd, dx, dw, db); });
   }
   void swiglu_forward(const Tensor& gu, Tensor& h) override {
     timed("swiglu_forward", 0, [&] { be_.swiglu_forward(gu, h); });

@@ -73,14 +73,58 @@ class Backend {
   // Causal softmax attention within each sequence of a packed batch. q, k: [N, H, dk];
   // v: [N, H, dv] (last stride 1, other strides free); cu_seqlens: host offsets of the sequences
   // (S+1 entries, from 0 to N). out: [N, H, dv]; lse: [H, N] log-sum-exp of the scaled scores.
+  // sparse_idx (DeepSeek Sparse Attention): i32 [N, K] key positions within each token's sequence
+  // (-1 = unused slot); when given, query t attends only to those keys (and never past t).
   virtual void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
                                  const std::vector<int64_t>& cu_seqlens, float scale, Tensor& out,
-                                 Tensor& lse) = 0;
-  // dq, dk, dv overwritten.
+                                 Tensor& lse, const Tensor* sparse_idx = nullptr) = 0;
+  // dq, dk, dv overwritten. The selection itself is not differentiated.
   virtual void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v,
                                   const Tensor& out, const Tensor& dout, const Tensor& lse,
                                   const std::vector<int64_t>& cu_seqlens, float scale, Tensor& dq,
-                                  Tensor& dk, Tensor& dv) = 0;
+                                  Tensor& dk, Tensor& dv, const Tensor* sparse_idx = nullptr) = 0;
+  // The attention distribution summed over heads and L1-normalized per query (the target of the
+  // DSA indexer's KL loss), recomputed from q, k and lse, into p: per sequence a row-major
+  // [L, L] block (blocks packed in sequence order; zero outside the attended set).
+  virtual void attention_head_sum_probs(const Tensor& q, const Tensor& k, const Tensor& lse,
+                                        const std::vector<int64_t>& cu_seqlens, float scale,
+                                        const Tensor* sparse_idx, Tensor& p) = 0;
+
+  // --- DeepSeek Sparse Attention: the lightning indexer ---
+  // I[t, s] = scale * sum_h w[t, h] * relu(q[t, h] . k[s]) for s <= t within each sequence, into
+  // scores packed like attention_head_sum_probs (-inf above the diagonal). q [N, H, D] (last
+  // stride 1), k [N, D], w [N, H].
+  virtual void indexer_scores(const Tensor& q, const Tensor& k, const Tensor& w,
+                              const std::vector<int64_t>& cu_seqlens, float scale,
+                              Tensor& scores) = 0;
+  // Gradients of the scores w.r.t. q, k, w (all overwritten) given dscores (same packing).
+  virtual void indexer_scores_backward(const Tensor& q, const Tensor& k, const Tensor& w,
+                                       const std::vector<int64_t>& cu_seqlens, float scale,
+                                       const Tensor& dscores, Tensor& dq, Tensor& dk,
+                                       Tensor& dw) = 0;
+  // Per query row, the positions of the k highest causal scores (k = min(k, t + 1)); idx i32 [N,
+  // k], padded with -1. Exact ties are broken as torch.topk on the CPU breaks them (the reference).
+  virtual void topk_rows(const Tensor& scores, const std::vector<int64_t>& cu_seqlens, int64_t k,
+                         Tensor& idx) = 0;
+  // sum over rows of KL(p_t || softmax(I_t)) over the attended set of each row (causal, or the
+  // selected keys when sparse_idx is given); dscores = grad_scale * (softmax(I_t) - p_t) on the
+  // set, 0 elsewhere. Returns the sum (f64).
+  virtual double indexer_kl(const Tensor& p, const Tensor& scores,
+                            const std::vector<int64_t>& cu_seqlens, const Tensor* sparse_idx,
+                            float grad_scale, Tensor& dscores) = 0;
+  // The reference indexer's fast path, simulated: rows of x [R, D] are rotated by the normalized
+  // Hadamard transform (D a power of two) and/or rounded through FP8 e4m3 with one scale per
+  // row (amax / 448). Dot products between rotated rows are unchanged up to rounding.
+  virtual void hadamard_fp8(Tensor& x, bool hadamard, bool fp8) = 0;
+
+  // --- normalization with bias ---
+  // y = (x - mean) * rstd * w + b over the last dim; mean, rstd [N] saved. x, y: [N, D].
+  virtual void layernorm_forward(const Tensor& x, const Tensor& w, const Tensor& b, float eps,
+                                 Tensor& y, Tensor& mean, Tensor& rstd) = 0;
+  // dx overwritten; dw, db accumulated.
+  virtual void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w,
+                                  const Tensor& mean, const Tensor& rstd, Tensor& dx, Tensor& dw,
+                                  Tensor& db) = 0;
 
   // --- MLP pieces ---
   // gate_up: [N, 2I] (gate columns then up columns); h = silu(gate) * up: [N, I].

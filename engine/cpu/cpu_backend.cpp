@@ -5,6 +5,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <cfloat>
 #include <cmath>
 #include <cstring>
 #include <numeric>
@@ -259,17 +260,59 @@ class CpuBackend final : public Backend {
                 int(sq), k, int(sk), 0.0f, p, int(len));
   }
 
+  // Validates a DSA selection: i32 [N, K], entries -1 or a position inside the token's sequence,
+  // and every token keeps at least one key at or before itself.
+  void check_sparse(const Tensor* idx, const std::vector<int64_t>& cu, int64_t n) {
+    if (!idx) return;
+    SHOAL_CHECK(
+        idx->dtype() == DType::i32 && idx->ndim() == 2 && idx->size(0) == n && idx->is_contiguous(),
+        "sparse attention: indices must be contiguous i32[{}, K], got {}", n, idx->describe());
+    int64_t kk = idx->size(1);
+    const int32_t* pi = idx->i32();
+    for (size_t s = 0; s + 1 < cu.size(); ++s)
+      for (int64_t t = cu[s]; t < cu[s + 1]; ++t) {
+        int64_t pos = t - cu[s];
+        bool any = false;
+        for (int64_t j = 0; j < kk; ++j) {
+          int32_t v = pi[t * kk + j];
+          SHOAL_CHECK(v >= -1 && v < cu[s + 1] - cu[s],
+                      "sparse attention: index {} for token {} is outside its sequence", v, t);
+          any = any || (v >= 0 && v <= pos);
+        }
+        SHOAL_CHECK(any, "sparse attention: token {} selects no key at or before itself", t);
+      }
+  }
+
+  // allowed[i * len + j] = 1 when query i of the sequence at offset o selected key j <= i; empty
+  // when attention is dense.
+  static void allowed_keys(const Tensor* idx, int64_t o, int64_t len,
+                           std::vector<uint8_t>& allowed) {
+    allowed.clear();
+    if (!idx) return;
+    allowed.assign(size_t(len * len), 0);
+    int64_t kk = idx->size(1);
+    const int32_t* pi = idx->i32();
+    for (int64_t i = 0; i < len; ++i)
+      for (int64_t j = 0; j < kk; ++j) {
+        int32_t v = pi[(o + i) * kk + j];
+        if (v >= 0 && v <= i) allowed[size_t(i * len + v)] = 1;
+      }
+  }
+
   void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
-                         const std::vector<int64_t>& cu, float scale, Tensor& out,
-                         Tensor& lse) override {
+                         const std::vector<int64_t>& cu, float scale, Tensor& out, Tensor& lse,
+                         const Tensor* sparse_idx) override {
     check_attention(q, k, v, cu, out, lse);
+    check_sparse(sparse_idx, cu, q.size(0));
     int64_t n = q.size(0), heads = q.size(1), dk = q.size(2), dv = v.size(2);
     float* plse = lse.f32();
     std::vector<float> p;
+    std::vector<uint8_t> allowed;
     for (size_t s = 0; s + 1 < cu.size(); ++s) {
       int64_t o = cu[s], len = cu[s + 1] - cu[s];
       if (len == 0) continue;
       p.resize(size_t(len * len));
+      allowed_keys(sparse_idx, o, len, allowed);
       for (int64_t h = 0; h < heads; ++h) {
         const float* qh = q.f32() + o * q.stride(0) + h * q.stride(1);
         const float* kh = k.f32() + o * k.stride(0) + h * k.stride(1);
@@ -277,14 +320,17 @@ class CpuBackend final : public Backend {
         float* oh = out.f32() + o * out.stride(0) + h * out.stride(1);
         scores(qh, q.stride(0), kh, k.stride(0), len, dk, scale, p.data());
         float* lse_h = plse + h * n + o;
+        const uint8_t* allow = allowed.empty() ? nullptr : allowed.data();
 #pragma omp parallel for schedule(static) if (len >= 64)
         for (int64_t i = 0; i < len; ++i) {
           float* row = p.data() + i * len;
-          float mx = row[0];
-          for (int64_t j = 1; j <= i; ++j) mx = std::max(mx, row[j]);
+          const uint8_t* ok = allow ? allow + i * len : nullptr;
+          float mx = -INFINITY;
+          for (int64_t j = 0; j <= i; ++j)
+            if (!ok || ok[j]) mx = std::max(mx, row[j]);
           double sum = 0;
           for (int64_t j = 0; j <= i; ++j) {
-            row[j] = std::exp(row[j] - mx);
+            row[j] = (!ok || ok[j]) ? std::exp(row[j] - mx) : 0.0f;
             sum += row[j];
           }
           float inv = float(1.0 / sum);
@@ -300,18 +346,23 @@ class CpuBackend final : public Backend {
 
   void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
                           const Tensor& dout, const Tensor& lse, const std::vector<int64_t>& cu,
-                          float scale, Tensor& dq, Tensor& dk, Tensor& dv) override {
+                          float scale, Tensor& dq, Tensor& dk, Tensor& dv,
+                          const Tensor* sparse_idx) override {
     check_attention(q, k, v, cu, out, lse);
     check_attention(dq, dk, dv, cu, dout, lse);
+    check_sparse(sparse_idx, cu, q.size(0));
     int64_t n = q.size(0), heads = q.size(1), dkd = q.size(2), dvd = v.size(2);
     const float* plse = lse.f32();
     std::vector<float> p, dp, dsum;
+    std::vector<uint8_t> allowed;
     for (size_t s = 0; s + 1 < cu.size(); ++s) {
       int64_t o = cu[s], len = cu[s + 1] - cu[s];
       if (len == 0) continue;
       p.resize(size_t(len * len));
       dp.resize(size_t(len * len));
       dsum.resize(size_t(len));
+      allowed_keys(sparse_idx, o, len, allowed);
+      const uint8_t* allow = allowed.empty() ? nullptr : allowed.data();
       for (int64_t h = 0; h < heads; ++h) {
         auto at = [&](const Tensor& t) { return t.f32() + o * t.stride(0) + h * t.stride(1); };
         const float *qh = at(q), *kh = at(k), *vh = at(v), *oh = at(out), *doh = at(dout);
@@ -330,8 +381,9 @@ class CpuBackend final : public Backend {
           float di = float(acc);
           float* row = p.data() + i * len;
           float* drow = dp.data() + i * len;
+          const uint8_t* ok = allow ? allow + i * len : nullptr;
           for (int64_t j = 0; j <= i; ++j) {
-            row[j] = std::exp(row[j] - lse_h[i]);
+            row[j] = (!ok || ok[j]) ? std::exp(row[j] - lse_h[i]) : 0.0f;
             drow[j] = row[j] * (drow[j] - di);
           }
           for (int64_t j = i + 1; j < len; ++j) row[j] = drow[j] = 0.0f;
@@ -343,6 +395,316 @@ class CpuBackend final : public Backend {
                     dp.data(), int(len), kh, int(k.stride(0)), 0.0f, dqh, int(dq.stride(0)));
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(len), int(dkd), int(len), scale,
                     dp.data(), int(len), qh, int(q.stride(0)), 0.0f, dkh, int(dk.stride(0)));
+      }
+    }
+  }
+
+  void attention_head_sum_probs(const Tensor& q, const Tensor& k, const Tensor& lse,
+                                const std::vector<int64_t>& cu, float scale,
+                                const Tensor* sparse_idx, Tensor& p) override {
+    int64_t n = q.size(0), heads = q.size(1), dk = q.size(2);
+    SHOAL_CHECK(q.ndim() == 3 && k.ndim() == 3 && q.stride(2) == 1 && k.stride(2) == 1 &&
+                    k.size(0) == n && k.size(1) == heads && k.size(2) == dk,
+                "attention_head_sum_probs: q {} k {}", q.describe(), k.describe());
+    check_contig_f32(lse, "attention_head_sum_probs lse");
+    check_contig_f32(p, "attention_head_sum_probs p");
+    SHOAL_CHECK(p.numel() == packed_square_size(cu),
+                "attention_head_sum_probs: p holds {}, "
+                "the batch needs {}",
+                p.numel(), packed_square_size(cu));
+    check_sparse(sparse_idx, cu, n);
+    std::vector<float> sc;
+    std::vector<uint8_t> allowed;
+    int64_t off = 0;
+    for (size_t s = 0; s + 1 < cu.size(); ++s) {
+      int64_t o = cu[s], len = cu[s + 1] - cu[s];
+      float* blk = p.f32() + off;
+      off += len * len;
+      if (len == 0) continue;
+      std::fill(blk, blk + len * len, 0.0f);
+      sc.resize(size_t(len * len));
+      allowed_keys(sparse_idx, o, len, allowed);
+      for (int64_t h = 0; h < heads; ++h) {
+        scores(q.f32() + o * q.stride(0) + h * q.stride(1), q.stride(0),
+               k.f32() + o * k.stride(0) + h * k.stride(1), k.stride(0), len, dk, scale, sc.data());
+        const float* lse_h = lse.f32() + h * n + o;
+        for (int64_t i = 0; i < len; ++i)
+          for (int64_t j = 0; j <= i; ++j)
+            if (allowed.empty() || allowed[size_t(i * len + j)])
+              blk[i * len + j] += std::exp(sc[size_t(i * len + j)] - lse_h[i]);
+      }
+      for (int64_t i = 0; i < len; ++i) {
+        double sum = 0;
+        for (int64_t j = 0; j <= i; ++j) sum += blk[i * len + j];
+        float inv = sum > 0 ? float(1.0 / sum) : 0.0f;
+        for (int64_t j = 0; j <= i; ++j) blk[i * len + j] *= inv;
+      }
+    }
+  }
+
+  static int64_t packed_square_size(const std::vector<int64_t>& cu) {
+    int64_t total = 0;
+    for (size_t s = 0; s + 1 < cu.size(); ++s) total += (cu[s + 1] - cu[s]) * (cu[s + 1] - cu[s]);
+    return total;
+  }
+
+  void check_indexer(const Tensor& q, const Tensor& k, const Tensor& w,
+                     const std::vector<int64_t>& cu) {
+    check_f32(q, "indexer q");
+    check_rows(k, "indexer k");
+    check_rows(w, "indexer weights");
+    int64_t n = q.size(0);
+    SHOAL_CHECK(q.ndim() == 3 && q.stride(2) == 1 && k.size(0) == n && k.size(1) == q.size(2) &&
+                    w.size(0) == n && w.size(1) == q.size(1),
+                "indexer shapes: q {} k {} w {}", q.describe(), k.describe(), w.describe());
+    SHOAL_CHECK(cu.size() >= 2 && cu.front() == 0 && cu.back() == n,
+                "indexer: cu_seqlens must run from 0 to N = {}", n);
+  }
+
+  void indexer_scores(const Tensor& q, const Tensor& k, const Tensor& w,
+                      const std::vector<int64_t>& cu, float scale, Tensor& out) override {
+    check_indexer(q, k, w, cu);
+    check_contig_f32(out, "indexer scores");
+    SHOAL_CHECK(out.numel() == packed_square_size(cu), "indexer scores: {} for {} packed",
+                out.describe(), packed_square_size(cu));
+    int64_t heads = q.size(1), d = q.size(2);
+    std::vector<float> g;
+    int64_t off = 0;
+    for (size_t s = 0; s + 1 < cu.size(); ++s) {
+      int64_t o = cu[s], len = cu[s + 1] - cu[s];
+      float* blk = out.f32() + off;
+      off += len * len;
+      if (len == 0) continue;
+      g.resize(size_t(len * len));
+      for (int64_t i = 0; i < len; ++i)
+        for (int64_t j = 0; j < len; ++j) blk[i * len + j] = j <= i ? 0.0f : -INFINITY;
+      for (int64_t h = 0; h < heads; ++h) {
+        scores(q.f32() + o * q.stride(0) + h * q.stride(1), q.stride(0),
+               k.f32() + o * row_stride(k), row_stride(k), len, d, 1.0f, g.data());
+        for (int64_t i = 0; i < len; ++i) {
+          float wh = scale * w.f32()[(o + i) * row_stride(w) + h];
+          for (int64_t j = 0; j <= i; ++j)
+            blk[i * len + j] += wh * std::max(g[size_t(i * len + j)], 0.0f);
+        }
+      }
+    }
+  }
+
+  void indexer_scores_backward(const Tensor& q, const Tensor& k, const Tensor& w,
+                               const std::vector<int64_t>& cu, float scale, const Tensor& dsc,
+                               Tensor& dq, Tensor& dk, Tensor& dw) override {
+    check_indexer(q, k, w, cu);
+    check_indexer(dq, dk, dw, cu);
+    check_contig_f32(dsc, "indexer dscores");
+    SHOAL_CHECK(dsc.numel() == packed_square_size(cu), "indexer dscores size");
+    int64_t heads = q.size(1), d = q.size(2);
+    std::vector<float> g, dg;
+    int64_t off = 0;
+    for (size_t s = 0; s + 1 < cu.size(); ++s) {
+      int64_t o = cu[s], len = cu[s + 1] - cu[s];
+      const float* dblk = dsc.f32() + off;
+      off += len * len;
+      if (len == 0) continue;
+      g.resize(size_t(len * len));
+      dg.resize(size_t(len * len));
+      float* dk_seq = dk.f32() + o * row_stride(dk);
+      for (int64_t i = 0; i < len; ++i)
+        std::fill(dk_seq + i * row_stride(dk), dk_seq + i * row_stride(dk) + d, 0.0f);
+      for (int64_t h = 0; h < heads; ++h) {
+        const float* qh = q.f32() + o * q.stride(0) + h * q.stride(1);
+        scores(qh, q.stride(0), k.f32() + o * row_stride(k), row_stride(k), len, d, 1.0f, g.data());
+        for (int64_t i = 0; i < len; ++i) {
+          float wh = w.f32()[(o + i) * row_stride(w) + h];
+          double acc = 0;
+          for (int64_t j = 0; j < len; ++j) {
+            float gij = g[size_t(i * len + j)];
+            float dij = j <= i ? dblk[i * len + j] : 0.0f;
+            acc += double(dij) * std::max(gij, 0.0f);
+            dg[size_t(i * len + j)] = gij > 0.0f ? dij * scale * wh : 0.0f;
+          }
+          dw.f32()[(o + i) * row_stride(dw) + h] = float(scale * acc);
+        }
+        // dq_h = dG K ; dk += dG^T Q_h
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, int(len), int(d), int(len), 1.0f,
+                    dg.data(), int(len), k.f32() + o * row_stride(k), int(row_stride(k)), 0.0f,
+                    dq.f32() + o * dq.stride(0) + h * dq.stride(1), int(dq.stride(0)));
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, int(len), int(d), int(len), 1.0f,
+                    dg.data(), int(len), qh, int(q.stride(0)), 1.0f, dk_seq, int(row_stride(dk)));
+      }
+    }
+  }
+
+  void topk_rows(const Tensor& sc, const std::vector<int64_t>& cu, int64_t k,
+                 Tensor& idx) override {
+    check_contig_f32(sc, "topk scores");
+    SHOAL_CHECK(k >= 1, "topk_rows: k must be >= 1, got {}", k);
+    int64_t n = cu.back();
+    SHOAL_CHECK(sc.numel() == packed_square_size(cu) && idx.dtype() == DType::i32 &&
+                    idx.numel() == n * k && idx.is_contiguous(),
+                "topk_rows: scores {} idx {} for k {}", sc.describe(), idx.describe(), k);
+    int32_t* out = idx.i32();
+    int64_t off = 0;
+    for (size_t s = 0; s + 1 < cu.size(); ++s) {
+      int64_t o = cu[s], len = cu[s + 1] - cu[s];
+      const float* blk = sc.f32() + off;
+      off += len * len;
+      // Exactly equal scores are common (ReLU zeros in every head), so the tie-break decides
+      // what is attended. transformers' reference is torch.topk on the CPU over the whole row with
+      // the later (future) positions masked to the lowest double: it runs std::nth_element (or
+      // std::partial_sort when k * 64 <= row length) on (value, position) pairs comparing values
+      // only. Doing the same here picks the same set, ties included.
+      int64_t kk = std::min<int64_t>(k, len);
+#pragma omp parallel for schedule(static) if (len * len > 65536)
+      for (int64_t i = 0; i < len; ++i) {
+        std::vector<std::pair<double, int64_t>> row(static_cast<size_t>(len));
+        for (int64_t j = 0; j < len; ++j)
+          row[size_t(j)] = {j <= i ? double(blk[i * len + j]) : -DBL_MAX, j};
+        auto greater = [](const std::pair<double, int64_t>& x,
+                          const std::pair<double, int64_t>& y) {
+          return (std::isnan(x.first) && !std::isnan(y.first)) || x.first > y.first;
+        };
+        if (kk * 64 <= len)
+          std::partial_sort(row.begin(), row.begin() + kk, row.end(), greater);
+        else
+          std::nth_element(row.begin(), row.begin() + kk - 1, row.end(), greater);
+        std::sort(row.begin(), row.begin() + kk, greater);  // best first (order only)
+        int32_t* dst = out + (o + i) * k;
+        int64_t w = 0;
+        for (int64_t j = 0; j < kk; ++j)
+          if (row[size_t(j)].second <= i) dst[w++] = int32_t(row[size_t(j)].second);
+        for (; w < k; ++w) dst[w] = -1;
+      }
+    }
+  }
+
+  double indexer_kl(const Tensor& p, const Tensor& sc, const std::vector<int64_t>& cu,
+                    const Tensor* sparse_idx, float grad_scale, Tensor& dsc) override {
+    check_contig_f32(p, "indexer_kl p");
+    check_contig_f32(sc, "indexer_kl scores");
+    check_contig_f32(dsc, "indexer_kl dscores");
+    int64_t total = packed_square_size(cu);
+    SHOAL_CHECK(p.numel() == total && sc.numel() == total && dsc.numel() == total,
+                "indexer_kl: p {} scores {} dscores {} for {} packed", p.describe(), sc.describe(),
+                dsc.describe(), total);
+    check_sparse(sparse_idx, cu, cu.back());
+    double kl = 0;
+    std::vector<uint8_t> allowed;
+    int64_t off = 0;
+    for (size_t s = 0; s + 1 < cu.size(); ++s) {
+      int64_t o = cu[s], len = cu[s + 1] - cu[s];
+      const float* pb = p.f32() + off;
+      const float* ib = sc.f32() + off;
+      float* db = dsc.f32() + off;
+      off += len * len;
+      allowed_keys(sparse_idx, o, len, allowed);
+      for (int64_t i = 0; i < len; ++i) {
+        auto in_set = [&](int64_t j) {
+          return j <= i && (allowed.empty() || allowed[size_t(i * len + j)]);
+        };
+        double mx = -INFINITY;
+        for (int64_t j = 0; j <= i; ++j)
+          if (in_set(j)) mx = std::max(mx, double(ib[i * len + j]));
+        double z = 0;
+        for (int64_t j = 0; j <= i; ++j)
+          if (in_set(j)) z += std::exp(double(ib[i * len + j]) - mx);
+        double lz = mx + std::log(z);
+        for (int64_t j = 0; j < len; ++j) {
+          if (!in_set(j)) {
+            db[i * len + j] = 0.0f;
+            continue;
+          }
+          double logq = double(ib[i * len + j]) - lz, pj = pb[i * len + j];
+          if (pj > 0) kl += pj * (std::log(pj) - logq);
+          db[i * len + j] = float(grad_scale * (std::exp(logq) - pj));
+        }
+      }
+    }
+    return kl;
+  }
+
+  void hadamard_fp8(Tensor& x, bool hadamard, bool fp8) override {
+    check_rows(x, "hadamard_fp8");
+    int64_t rows = x.size(0), d = x.size(1);
+    SHOAL_CHECK(!hadamard || (d > 0 && (d & (d - 1)) == 0),
+                "hadamard_fp8: the Hadamard transform needs a power-of-two width, got {}", d);
+    float norm = float(1.0 / std::sqrt(double(d)));
+#pragma omp parallel for schedule(static) if (rows * d > 16384)
+    for (int64_t r = 0; r < rows; ++r) {
+      float* v = x.f32() + r * row_stride(x);
+      if (hadamard) {
+        for (int64_t h = 1; h < d; h *= 2)
+          for (int64_t i = 0; i < d; i += 2 * h)
+            for (int64_t j = i; j < i + h; ++j) {
+              float a = v[j], b = v[j + h];
+              v[j] = a + b;
+              v[j + h] = a - b;
+            }
+        for (int64_t i = 0; i < d; ++i) v[i] *= norm;
+      }
+      if (fp8) {
+        float amax = 1e-4f;
+        for (int64_t i = 0; i < d; ++i) amax = std::max(amax, std::fabs(v[i]));
+        float sc = amax / 448.0f;
+        for (int64_t i = 0; i < d; ++i) v[i] = f8e4m3_to_f32(f32_to_f8e4m3(v[i] / sc)) * sc;
+      }
+    }
+  }
+
+  void layernorm_forward(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Tensor& y,
+                         Tensor& mean, Tensor& rstd) override {
+    check_rows(x, "layernorm x");
+    check_rows(y, "layernorm y");
+    for (const Tensor* t : {&w, &b, (const Tensor*)&mean, (const Tensor*)&rstd})
+      check_contig_f32(*t, "layernorm");
+    int64_t n = x.size(0), d = x.size(1);
+    SHOAL_CHECK(w.numel() == d && b.numel() == d && y.shape() == x.shape() && mean.numel() == n &&
+                    rstd.numel() == n,
+                "layernorm shapes: x {} w {} b {} y {}", x.describe(), w.describe(), b.describe(),
+                y.describe());
+#pragma omp parallel for schedule(static) if (n * d > 16384)
+    for (int64_t r = 0; r < n; ++r) {
+      const float* xr = x.f32() + r * row_stride(x);
+      float* yr = y.f32() + r * row_stride(y);
+      double m = 0, v = 0;
+      for (int64_t i = 0; i < d; ++i) m += xr[i];
+      m /= double(d);
+      for (int64_t i = 0; i < d; ++i) v += (xr[i] - m) * (xr[i] - m);
+      float inv = float(1.0 / std::sqrt(v / double(d) + double(eps)));
+      mean.f32()[r] = float(m);
+      rstd.f32()[r] = inv;
+      for (int64_t i = 0; i < d; ++i) yr[i] = (xr[i] - float(m)) * inv * w.f32()[i] + b.f32()[i];
+    }
+  }
+
+  void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& mean,
+                          const Tensor& rstd, Tensor& dx, Tensor& dw, Tensor& db) override {
+    check_rows(dy, "layernorm dy");
+    check_rows(x, "layernorm x");
+    check_rows(dx, "layernorm dx");
+    for (const Tensor* t : {&w, &mean, &rstd, (const Tensor*)&dw, (const Tensor*)&db})
+      check_contig_f32(*t, "layernorm backward");
+    int64_t n = x.size(0), d = x.size(1);
+    SHOAL_CHECK(
+        dy.shape() == x.shape() && dx.shape() == x.shape() && dw.numel() == d && db.numel() == d,
+        "layernorm backward shapes");
+    // Serial over rows: the indexer's keys are narrow (index_head_dim) and dw/db accumulate.
+    for (int64_t r = 0; r < n; ++r) {
+      const float* dyr = dy.f32() + r * row_stride(dy);
+      const float* xr = x.f32() + r * row_stride(x);
+      float* dxr = dx.f32() + r * row_stride(dx);
+      float m = mean.f32()[r], inv = rstd.f32()[r];
+      double s1 = 0, s2 = 0;  // mean(dxhat), mean(dxhat * xhat)
+      for (int64_t i = 0; i < d; ++i) {
+        float xh = (xr[i] - m) * inv, g = dyr[i] * w.f32()[i];
+        s1 += g;
+        s2 += double(g) * xh;
+        dw.f32()[i] += dyr[i] * xh;
+        db.f32()[i] += dyr[i];
+      }
+      float a = float(s1 / double(d)), c = float(s2 / double(d));
+      for (int64_t i = 0; i < d; ++i) {
+        float xh = (xr[i] - m) * inv;
+        dxr[i] = inv * (dyr[i] * w.f32()[i] - a - xh * c);
       }
     }
   }

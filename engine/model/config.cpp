@@ -216,6 +216,16 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
       c.index_n_heads = k.req_int("index_n_heads");
       c.index_head_dim = k.req_int("index_head_dim");
       c.index_topk = k.req_int("index_topk");
+      if (const json* types = k.opt_array("layer_types")) {
+        SHOAL_CHECK(int64_t(types->size()) == c.num_hidden_layers,
+                    "{}: key 'layer_types': has {} entries but num_hidden_layers is {}", source,
+                    types->size(), c.num_hidden_layers);
+        for (size_t i = 0; i < types->size(); ++i)
+          SHOAL_CHECK((*types)[i] == "deepseek_sparse_attention",
+                      "{}: key 'layer_types': entry {} is {}; only \"deepseek_sparse_attention\" "
+                      "layers are supported",
+                      source, i, (*types)[i].dump());
+      }
     } else {
       c.index_n_heads = k.opt_int("index_n_heads", 0);
       c.index_head_dim = k.opt_int("index_head_dim", 0);
@@ -336,6 +346,10 @@ void ModelConfig::validate(const std::string& source) const {
   if (is_v32()) {
     positive("index_n_heads", index_n_heads);
     positive("index_topk", index_topk);
+    SHOAL_CHECK(q_lora_rank > 0,
+                "{}: key 'q_lora_rank': deepseek_v32 needs a query LoRA (the indexer reads its "
+                "normed latent), got null",
+                source);
     SHOAL_CHECK(index_head_dim >= qk_rope_head_dim,
                 "{}: key 'index_head_dim': {} is smaller than qk_rope_head_dim {} (RoPE covers the "
                 "first qk_rope_head_dim dims)",

@@ -21,6 +21,7 @@ Mla::Mla(const ModelConfig& c, ParamSet& ps, const std::string& prefix) : c_(c),
   w_.kv_b =
       ps[add("kv_b_proj.weight", {h * (c.qk_nope_head_dim + c.v_head_dim), c.kv_lora_rank})].value;
   w_.o = ps[add("o_proj.weight", {d, h * c.v_head_dim})].value;
+  if (c.is_v32()) indexer_ = std::make_unique<Indexer>(c, ps, prefix + "indexer.");
   bind(ps);
 }
 
@@ -81,10 +82,26 @@ void Mla::forward(Backend& be, const Tensor& x, const AttentionInputs& in, Tenso
     be.copy(k_pe.select(1, 0), dst);
   }
 
+  // V3.2: the indexer picks the keys each query attends to (from the unrotated query latent).
+  const Tensor* sparse = nullptr;
+  s.sparse = false;
+  if (indexer_) {
+    indexer_->forward(be, x, s.q_a_n, in, in.indexer_fp8, s.indexer);
+    s.sparse = !in.dsa_dense;
+    if (s.sparse) sparse = &s.indexer.topk;
+  }
   s.attn = be.empty({n, h, dv});
   s.lse = be.empty({h, n});
   be.attention_forward(q3, s.k, kv3.slice(2, dn, dn + dv), in.cu_seqlens, float(c_.softmax_scale()),
-                       s.attn, s.lse);
+                       s.attn, s.lse, sparse);
+  s.indexer_kl = 0;
+  if (indexer_ && in.indexer_kl) {
+    int64_t total = s.indexer.scores.numel();
+    Tensor p = be.empty({total});
+    be.attention_head_sum_probs(q3, s.k, s.lse, in.cu_seqlens, float(c_.softmax_scale()), sparse,
+                                p);
+    s.indexer_kl = indexer_->kl(be, s.indexer, p, sparse, in, in.indexer_kl_grad);
+  }
   be.matmul(s.attn.view({n, h * dv}), false, w_.o, true, y);
 }
 
@@ -104,7 +121,8 @@ void Mla::backward(Backend& be, const MlaSaved& s, const AttentionInputs& in, co
   Tensor kv3 = s.kv_b.view({n, h, dn + dv});
   Tensor dv_tmp = be.empty({n, h, dv});
   be.attention_backward(s.q.view({n, h, dq}), s.k, kv3.slice(2, dn, dn + dv), s.attn, dattn, s.lse,
-                        in.cu_seqlens, float(c_.softmax_scale()), dqt, dk, dv_tmp);
+                        in.cu_seqlens, float(c_.softmax_scale()), dqt, dk, dv_tmp,
+                        s.sparse ? &s.indexer.topk : nullptr);
   be.copy(dv_tmp, dv_view);
   Tensor dk_nope_dst = dkv_b.slice(2, 0, dn);
   be.copy(dk.slice(2, 0, dn), dk_nope_dst);

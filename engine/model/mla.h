@@ -3,8 +3,11 @@
 // Decode with weight absorption over the latent cache belongs to the generation engine.
 #pragma once
 
+#include <memory>
+
 #include "engine/backend.h"
 #include "engine/model/config.h"
+#include "engine/model/dsa.h"
 #include "engine/model/params.h"
 
 namespace shoal {
@@ -18,6 +21,9 @@ struct MlaWeights {
 
 struct MlaSaved {
   Tensor x, q_a, q_a_rstd, q_a_n, q, kv_a, kv_rstd, c_kv_n, k, kv_b, attn, lse;
+  IndexerSaved indexer;   // V3.2 only
+  bool sparse = false;    // attention ran over indexer.topk
+  double indexer_kl = 0;  // summed over tokens (when requested)
 };
 
 // Parameter tensors are bound once at construction: loading and optimizer steps write into them,
@@ -28,6 +34,11 @@ struct AttentionInputs {
   Tensor positions;                 // i32 [N]
   std::vector<int64_t> cu_seqlens;  // sequence offsets, 0..N
   Tensor cos_sin;                   // rope table [P, dr/2, 2]
+  // DeepSeek Sparse Attention (V3.2 models):
+  bool dsa_dense = false;     // attend to every earlier token (the indexer's dense warm-up)
+  bool indexer_fp8 = false;   // score with the reference's Hadamard + FP8 path
+  bool indexer_kl = false;    // compute the indexer's KL loss
+  float indexer_kl_grad = 0;  // and accumulate its gradient times this (0 = no gradient)
 };
 
 class Mla {
@@ -42,6 +53,7 @@ class Mla {
  private:
   void bind(ParamSet& params);
   const ModelConfig& c_;
+  std::unique_ptr<Indexer> indexer_;
   std::string prefix_;
   MlaWeights w_;
 };

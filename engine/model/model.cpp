@@ -61,9 +61,6 @@ Batch Batch::next_token(const std::vector<std::vector<int32_t>>& seqs) {
 Model::Model(const ModelConfig& config, Backend& backend)
     : config_(config), be_(&backend), params_(backend) {
   config_.validate("model config");
-  SHOAL_CHECK(!config_.is_v32(),
-              "model_type deepseek_v32 needs DeepSeek Sparse Attention, which this engine does not "
-              "implement yet; only deepseek_v3 models can be run");
   const ModelConfig& c = config_;
   int64_t d = c.hidden_size;
   {
@@ -119,7 +116,7 @@ void Model::init_random(uint64_t seed, float std) {
     float* v = h.f32();
     if (p.name.ends_with("norm.weight")) {
       std::fill(v, v + h.numel(), 1.0f);
-    } else if (p.name.ends_with("e_score_correction_bias")) {
+    } else if (p.name.ends_with("e_score_correction_bias") || p.name.ends_with(".bias")) {
       std::fill(v, v + h.numel(), 0.0f);
     } else {
       for (int64_t i = 0; i < h.numel(); ++i) v[i] = normal(rng);
@@ -294,6 +291,10 @@ ForwardResult Model::forward(const Batch& batch, const ForwardOptions& opt) {
   s->in.positions = be.from_host(batch.positions);
   s->in.cu_seqlens = batch.cu_seqlens;
   s->in.cos_sin = rope_table(int64_t(max_pos) + 1);
+  s->in.dsa_dense = opt.dsa_dense;
+  s->in.indexer_fp8 = opt.indexer_fp8;
+  s->in.indexer_kl = c.is_v32() && (opt.indexer_kl_weight > 0 || opt.measure_indexer_kl);
+  s->in.indexer_kl_grad = opt.need_backward ? float(opt.indexer_kl_weight / double(n)) : 0.0f;
   const float eps = float(c.rms_norm_eps);
 
   ForwardResult r;
@@ -310,6 +311,8 @@ ForwardResult Model::forward(const Batch& batch, const ForwardOptions& opt) {
     be.rmsnorm_forward(x, L.ln1, eps, ls.xn1, ls.rstd1);
     ls.h1 = be.empty({n, d});
     L.attn->forward(be, ls.xn1, s->in, ls.h1, ls.attn);
+    r.indexer_kl += ls.attn.indexer_kl / double(n);
+    if (opt.keep_dsa_topk && c.is_v32()) r.dsa_topk.push_back(be.to_host(ls.attn.indexer.topk));
     be.add(ls.h1, x);
     ls.xn2 = be.empty({n, d});
     ls.rstd2 = be.empty({n});

@@ -35,15 +35,24 @@ struct ForwardOptions {
   double balance_alpha = 0.0;  // sequence-wise balance loss weight (0 = off)
   // Routing replay: per layer (empty for dense layers) the expert ids i32 [N, K] to use.
   const std::vector<Tensor>* replay_routing = nullptr;
+  // DeepSeek Sparse Attention (deepseek_v32 models; ignored otherwise):
+  bool dsa_dense = false;           // dense attention (the indexer's warm-up stage)
+  bool indexer_fp8 = false;         // score with the reference's Hadamard + FP8 path
+  double indexer_kl_weight = 0.0;   // > 0: indexer KL loss; its gradient (mean over tokens,
+                                    // times this) accumulates into the indexer during forward
+  bool measure_indexer_kl = false;  // report the KL without training on it
+  bool keep_dsa_topk = false;       // return each layer's selection
 };
 
 struct ForwardResult {
-  double loss = 0;              // mean cross-entropy over labelled positions + balance loss
-  double ce_loss = 0;           // mean cross-entropy alone
-  double balance_loss = 0;      // summed over MoE layers
-  int64_t targets = 0;          // labelled positions
-  Tensor logits;                // host [N, V] when keep_logits
-  std::vector<Tensor> routing;  // per layer i32 [N, K] expert ids (host), empty for dense layers
+  double loss = 0;               // mean cross-entropy over labelled positions + balance loss
+  double ce_loss = 0;            // mean cross-entropy alone
+  double balance_loss = 0;       // summed over MoE layers
+  int64_t targets = 0;           // labelled positions
+  Tensor logits;                 // host [N, V] when keep_logits
+  std::vector<Tensor> routing;   // per layer i32 [N, K] expert ids (host), empty for dense layers
+  double indexer_kl = 0;         // DSA: KL(attention || indexer) per token, summed over layers
+  std::vector<Tensor> dsa_topk;  // DSA: per layer i32 [N, k] selected key positions (-1 = none)
 };
 
 class Model {

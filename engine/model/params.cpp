@@ -43,7 +43,7 @@ void ParamSet::zero_grads() {
 double ParamSet::grad_norm() {
   double ss = 0;
   for (auto& p : params_)
-    if (p.trainable) ss += backend_->sum_squares(p.grad);
+    if (p.trainable && !p.frozen) ss += backend_->sum_squares(p.grad);
   return std::sqrt(ss);
 }
 
@@ -52,7 +52,7 @@ double ParamSet::clip_grad_norm(double max_norm) {
   if (max_norm > 0 && norm > max_norm) {
     float s = float(max_norm / (norm + 1e-6));
     for (auto& p : params_)
-      if (p.trainable) backend_->scale(p.grad, s);
+      if (p.trainable && !p.frozen) backend_->scale(p.grad, s);
   }
   return norm;
 }

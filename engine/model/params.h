@@ -4,6 +4,7 @@
 // checkpoints as per-tensor views under their Hugging Face names; see CheckpointTensor.
 #pragma once
 
+#include <deque>
 #include <string>
 #include <vector>
 
@@ -16,6 +17,8 @@ struct Param {
   Tensor value;
   Tensor grad;            // undefined for buffers
   bool trainable = true;  // false for buffers such as the router's e_score_correction_bias
+  bool lm_grad = true;    // false when the LM loss does not reach it (the DSA indexer: KL only)
+  bool frozen = false;    // the optimizer leaves it (and its moments) alone; not in the grad norm
 };
 
 // One tensor as it appears in a Hugging Face checkpoint, viewing (not copying) a parameter.
@@ -27,7 +30,8 @@ struct CheckpointTensor {
 class ParamSet {
  public:
   explicit ParamSet(Backend& backend) : backend_(&backend) {}
-  // Adds a zero-initialised parameter (and zero gradient when trainable). Returns its index.
+  // Adds a zero-initialised parameter (and zero gradient when trainable). Returns its index;
+  // references to earlier parameters stay valid.
   size_t add(const std::string& name, const Shape& shape, bool trainable = true);
   Param& operator[](size_t i) { return params_[i]; }
   const Param& operator[](size_t i) const { return params_[i]; }
@@ -45,7 +49,7 @@ class ParamSet {
 
  private:
   Backend* backend_;
-  std::vector<Param> params_;
+  std::deque<Param> params_;  // a deque: references returned by add()/operator[] stay valid
 };
 
 }  // namespace shoal

@@ -85,7 +85,7 @@ CheckReport check_against_reference(Model& model, const std::string& reference,
   }
   // Every trainable parameter must be covered, under its packed or its checkpoint names.
   for (auto& p : model.params()) {
-    if (!p.trainable || covered.count(p.name)) continue;
+    if (!p.trainable || !p.lm_grad || covered.count(p.name)) continue;
     bool all = true;
     for (auto& ct : model.checkpoint_tensors(true))
       if (ct.view.same_storage(p.grad) && !covered.count(ct.name)) all = false;

@@ -18,7 +18,7 @@ double AdamW::step(float lr) {
   ++step_;
   for (size_t i = 0; i < params_->size(); ++i) {
     Param& p = (*params_)[i];
-    if (!p.trainable) continue;
+    if (!p.trainable || p.frozen) continue;
     AdamWParams a;
     a.lr = lr;
     a.beta1 = cfg_.beta1;

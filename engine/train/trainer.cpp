@@ -17,6 +17,10 @@ namespace fs = std::filesystem;
 
 Trainer::Trainer(Model& model, const TrainerConfig& config, uint64_t seed)
     : model_(&model), cfg_(config), opt_(model.params(), model.backend(), config.adam), rng_(seed) {
+  SHOAL_CHECK(!cfg_.indexer_dense_warmup || model.config().is_v32(),
+              "trainer: the indexer warm-up needs a deepseek_v32 model");
+  // The warm-up trains the indexer alone: freeze everything the LM loss trains.
+  for (auto& p : model.params()) p.frozen = cfg_.indexer_dense_warmup && p.lm_grad;
   SHOAL_CHECK(cfg_.steps >= 0 && cfg_.lr > 0 && cfg_.warmup_steps >= 0,
               "trainer: steps {} lr {} warmup {} are invalid", cfg_.steps, cfg_.lr,
               cfg_.warmup_steps);
@@ -35,17 +39,26 @@ StepStats Trainer::train_step(const Batch& batch) {
   model_->params().zero_grads();
   ForwardOptions fo;
   fo.balance_alpha = cfg_.balance_alpha;
+  bool warmup = cfg_.indexer_dense_warmup;
+  if (warmup) {
+    fo.dsa_dense = true;
+    fo.indexer_kl_weight = cfg_.indexer_kl_weight > 0 ? cfg_.indexer_kl_weight : 1.0;
+  } else {
+    fo.indexer_kl_weight = cfg_.indexer_kl_weight;
+  }
   ForwardResult r = model_->forward(batch, fo);
   SHOAL_CHECK(std::isfinite(r.loss), "training diverged at step {}: loss is {}", step_ + 1, r.loss);
-  model_->backward();
+  if (!warmup) model_->backward();
   StepStats s;
   s.lr = lr_at(step_);
   s.grad_norm = opt_.step(float(s.lr));
-  if (cfg_.router_bias_gamma > 0) model_->update_router_bias(cfg_.router_bias_gamma);
+  // (In the warm-up the router is frozen: the call only resets the load counts.)
+  if (cfg_.router_bias_gamma > 0) model_->update_router_bias(warmup ? 0.0 : cfg_.router_bias_gamma);
   ++step_;
   double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   s.step = step_;
-  s.loss = r.loss;
+  s.loss = warmup ? r.indexer_kl : r.loss;
+  s.indexer_kl = r.indexer_kl;
   s.tokens = batch.tokens();
   s.tokens_per_s = double(batch.tokens()) / dt;
   return s;

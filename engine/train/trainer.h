@@ -21,14 +21,21 @@ struct TrainerConfig {
   AdamWConfig adam;
   double router_bias_gamma = 1e-3;  // aux-loss-free balancing step (0 = off)
   double balance_alpha = 0.0;       // sequence-wise balance loss weight
-  int64_t checkpoint_every = 100;   // 0 = only at the end
-  int64_t keep_checkpoints = 2;     // older step_N directories are removed
-  std::string out_dir;              // run directory; empty = no checkpoints
+  // DeepSeek Sparse Attention (V3.2 models): indexer_dense_warmup trains only the indexer, with
+  // dense attention, on its KL loss (every other parameter frozen, no LM backward); otherwise a
+  // positive indexer_kl_weight trains the indexer on the KL over the selected tokens alongside
+  // the LM loss (which never reaches the indexer).
+  bool indexer_dense_warmup = false;
+  double indexer_kl_weight = 0.0;
+  int64_t checkpoint_every = 100;  // 0 = only at the end
+  int64_t keep_checkpoints = 2;    // older step_N directories are removed
+  std::string out_dir;             // run directory; empty = no checkpoints
 };
 
 struct StepStats {
   int64_t step = 0;
-  double loss = 0, grad_norm = 0, lr = 0, tokens_per_s = 0;
+  double loss = 0, grad_norm = 0, lr = 0, tokens_per_s = 0;  // loss: the indexer KL in warm-up
+  double indexer_kl = 0;
   int64_t tokens = 0;
 };
 
