@@ -21,7 +21,8 @@ import shutil
 
 import torch
 from safetensors.torch import save_file
-from transformers import DeepseekV3Config, DeepseekV3ForCausalLM
+from transformers import (DeepseekV32Config, DeepseekV32ForCausalLM, DeepseekV3Config,
+                          DeepseekV3ForCausalLM)
 
 
 def main():
@@ -36,9 +37,12 @@ def main():
 
     with open(a.config) as f:
         cfg_dict = json.load(f)
-    cfg = DeepseekV3Config(**{k: v for k, v in cfg_dict.items() if k != "architectures"})
+    v32 = cfg_dict.get("model_type") == "deepseek_v32"
+    config_cls, model_cls = ((DeepseekV32Config, DeepseekV32ForCausalLM) if v32 else
+                             (DeepseekV3Config, DeepseekV3ForCausalLM))
+    cfg = config_cls(**{k: v for k, v in cfg_dict.items() if k != "architectures"})
     torch.manual_seed(a.seed)
-    model = DeepseekV3ForCausalLM(cfg)
+    model = model_cls(cfg)
     model.set_attn_implementation("eager")
     try:
         model.set_experts_implementation("eager")
