@@ -275,8 +275,11 @@ TEST(Dsa, LmLossDoesNotReachTheIndexer) {
   m.params().zero_grads();
   m.forward(Batch::next_token(random_sequences(rng, {10}, 64)));
   m.backward();
-  for (auto& p : m.params())
-    if (!p.lm_grad) EXPECT_EQ(gradcheck::max_abs(p.grad), 0.0) << p.name;
+  for (auto& p : m.params()) {
+    if (!p.lm_grad) {
+      EXPECT_EQ(gradcheck::max_abs(p.grad), 0.0) << p.name;
+    }
+  }
   EXPECT_GT(gradcheck::max_abs(m.params().get("model.layers.0.self_attn.q_a_proj.weight").grad),
             0.0);
 }
