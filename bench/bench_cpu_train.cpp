@@ -206,6 +206,14 @@ class TimingBackend final : public Backend {
     timed("attention_backward", f,
           [&] { be_.attention_backward(q, k, v, o, dout, lse, cu, scale, dq, dk, dv, sparse); });
   }
+  void token_logprobs(const Tensor& l, const Tensor& lab, const TokenSets* sets, Tensor& lp,
+                      Tensor* ent) override {
+    timed("token_logprobs", 0, [&] { be_.token_logprobs(l, lab, sets, lp, ent); });
+  }
+  void token_logprobs_backward(const Tensor& l, const Tensor& lab, const TokenSets* sets,
+                               const Tensor& dlp, Tensor& dl) override {
+    timed("token_logprobs", 0, [&] { be_.token_logprobs_backward(l, lab, sets, dlp, dl); });
+  }
   // DSA ops (V3.2 configs; the benchmark's models are V3, so these only forward).
   void attention_head_sum_probs(const Tensor& q, const Tensor& k, const Tensor& lse,
                                 const std::vector<int64_t>& cu, float scale, const Tensor* sparse,

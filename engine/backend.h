@@ -18,6 +18,12 @@ struct RouterParams {
   float routed_scaling_factor = 1.0f;
 };
 
+// Per-row allowed token sets (keep-sampling-mask in RL): row i may use the ids
+// ids[offsets[i] .. offsets[i+1]). Host tensors: offsets i64 [N+1], ids i32 [M].
+struct TokenSets {
+  Tensor offsets, ids;
+};
+
 struct AdamWParams {
   float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, weight_decay = 0.0f;
   int64_t step = 1;  // 1-based, for bias correction
@@ -139,6 +145,17 @@ class Backend {
   // (may alias logits). Labels out of [0, V) other than -100 are an error.
   virtual double cross_entropy(const Tensor& logits, const Tensor& labels, float grad_scale,
                                Tensor* dlogits) = 0;
+
+  // log p(label) per row of logits [N, V], over the whole vocabulary or, with sets, renormalised
+  // over each row's set (which must contain the label); entropy (optional) of the same
+  // distribution. Rows labelled -100 give 0. logp, entropy: f32 [N].
+  virtual void token_logprobs(const Tensor& logits, const Tensor& labels, const TokenSets* sets,
+                              Tensor& logp, Tensor* entropy) = 0;
+  // dlogits = dlogp[i] * (onehot(label) - softmax) over the row's distribution (0 outside its
+  // set; 0 for rows labelled -100). dlogits may alias logits.
+  virtual void token_logprobs_backward(const Tensor& logits, const Tensor& labels,
+                                       const TokenSets* sets, const Tensor& dlogp,
+                                       Tensor& dlogits) = 0;
 
   // --- mixture of experts ---
   // noaux_tc: scores = sigmoid(logits); choose with scores + bias (group-limited top-k), weigh

@@ -15,5 +15,6 @@ check() {  # check DIR FORBIDDEN_PREFIX...
 check base kernels engine rl tasks sandbox actors cli
 check kernels engine rl tasks sandbox actors cli
 check engine rl tasks sandbox actors cli
+check rl tasks sandbox actors cli
 [[ $status == 0 ]] && echo "layering: ok"
 exit $status

@@ -832,6 +832,118 @@ class CpuBackend final : public Backend {
     return total;
   }
 
+  // Validates labels and token sets for token_logprobs*; returns the set bounds per row (or
+  // [0, V) as a null set).
+  void check_logprob_args(const Tensor& logits, const Tensor& labels, const TokenSets* sets) {
+    check_rows(logits, "token_logprobs logits");
+    int64_t n = logits.size(0), vocab = logits.size(1);
+    SHOAL_CHECK(labels.dtype() == DType::i32 && labels.numel() == n && labels.is_contiguous(),
+                "token_logprobs: labels must be contiguous i32[{}], got {}", n, labels.describe());
+    const int32_t* pl = labels.i32();
+    for (int64_t i = 0; i < n; ++i)
+      SHOAL_CHECK(pl[i] == -100 || (pl[i] >= 0 && pl[i] < vocab),
+                  "token_logprobs: label {} at row {} is outside [0, {})", pl[i], i, vocab);
+    if (!sets) return;
+    SHOAL_CHECK(sets->offsets.dtype() == DType::i64 && sets->offsets.numel() == n + 1 &&
+                    sets->ids.dtype() == DType::i32,
+                "token_logprobs: sets need i64 offsets[{}] and i32 ids, got {} and {}", n + 1,
+                sets->offsets.describe(), sets->ids.describe());
+    const int64_t* off = sets->offsets.i64();
+    SHOAL_CHECK(off[0] == 0 && off[n] == sets->ids.numel(),
+                "token_logprobs: set offsets must run from 0 to {}", sets->ids.numel());
+    for (int64_t i = 0; i < n; ++i) {
+      SHOAL_CHECK(off[i + 1] >= off[i], "token_logprobs: set offsets decrease at row {}", i);
+      bool has_label = pl[i] == -100;
+      for (int64_t j = off[i]; j < off[i + 1]; ++j) {
+        int32_t id = sets->ids.i32()[j];
+        SHOAL_CHECK(id >= 0 && id < vocab, "token_logprobs: set id {} at row {} outside [0, {})",
+                    id, i, vocab);
+        has_label = has_label || id == pl[i];
+      }
+      SHOAL_CHECK(has_label, "token_logprobs: row {}'s set does not contain its label {}", i,
+                  pl[i]);
+    }
+  }
+
+  void token_logprobs(const Tensor& logits, const Tensor& labels, const TokenSets* sets,
+                      Tensor& logp, Tensor* entropy) override {
+    check_logprob_args(logits, labels, sets);
+    int64_t n = logits.size(0), vocab = logits.size(1), sx = row_stride(logits);
+    check_contig_f32(logp, "token_logprobs logp");
+    SHOAL_CHECK(logp.numel() == n && (!entropy || entropy->numel() == n),
+                "token_logprobs: outputs must hold {} rows", n);
+    if (entropy) check_contig_f32(*entropy, "token_logprobs entropy");
+    const int32_t* pl = labels.i32();
+    const int64_t* off = sets ? sets->offsets.i64() : nullptr;
+    const int32_t* ids = sets ? sets->ids.i32() : nullptr;
+#pragma omp parallel for schedule(static) if (n * vocab > 16384)
+    for (int64_t r = 0; r < n; ++r) {
+      const float* x = logits.f32() + r * sx;
+      if (pl[r] == -100) {
+        logp.f32()[r] = 0.0f;
+        if (entropy) entropy->f32()[r] = 0.0f;
+        continue;
+      }
+      int64_t m = off ? off[r + 1] - off[r] : vocab;
+      auto at = [&](int64_t j) { return off ? x[ids[off[r] + j]] : x[j]; };
+      double mx = -INFINITY;
+      for (int64_t j = 0; j < m; ++j) mx = std::max(mx, double(at(j)));
+      double z = 0, ex = 0;
+      for (int64_t j = 0; j < m; ++j) {
+        double e = std::exp(double(at(j)) - mx);
+        z += e;
+        ex += e * (double(at(j)) - mx);
+      }
+      double lz = std::log(z);
+      logp.f32()[r] = float(double(x[pl[r]]) - mx - lz);
+      if (entropy) entropy->f32()[r] = float(lz - ex / z);  // -sum p log p
+    }
+  }
+
+  void token_logprobs_backward(const Tensor& logits, const Tensor& labels, const TokenSets* sets,
+                               const Tensor& dlogp, Tensor& dlogits) override {
+    check_logprob_args(logits, labels, sets);
+    check_contig_f32(dlogp, "token_logprobs_backward dlogp");
+    check_rows(dlogits, "token_logprobs_backward dlogits");
+    int64_t n = logits.size(0), vocab = logits.size(1), sx = row_stride(logits),
+            sd = row_stride(dlogits);
+    SHOAL_CHECK(dlogp.numel() == n && dlogits.shape() == logits.shape(),
+                "token_logprobs_backward shapes");
+    const int32_t* pl = labels.i32();
+    const int64_t* off = sets ? sets->offsets.i64() : nullptr;
+    const int32_t* ids = sets ? sets->ids.i32() : nullptr;
+#pragma omp parallel for schedule(static) if (n * vocab > 16384)
+    for (int64_t r = 0; r < n; ++r) {
+      const float* x = logits.f32() + r * sx;
+      float* d = dlogits.f32() + r * sd;
+      float g = dlogp.f32()[r];
+      if (pl[r] == -100 || g == 0.0f) {
+        std::memset(d, 0, size_t(vocab) * 4);
+        continue;
+      }
+      if (!off) {
+        float mx = x[0];
+        for (int64_t j = 1; j < vocab; ++j) mx = std::max(mx, x[j]);
+        double z = 0;
+        for (int64_t j = 0; j < vocab; ++j) z += std::exp(double(x[j] - mx));
+        float inv = float(1.0 / z);
+        for (int64_t j = 0; j < vocab; ++j) d[j] = -g * std::exp(x[j] - mx) * inv;
+      } else {
+        int64_t b = off[r], e = off[r + 1];
+        float mx = -INFINITY;
+        for (int64_t j = b; j < e; ++j) mx = std::max(mx, x[ids[j]]);
+        double z = 0;
+        for (int64_t j = b; j < e; ++j) z += std::exp(double(x[ids[j]] - mx));
+        float inv = float(1.0 / z);
+        std::vector<float> p(static_cast<size_t>(e - b));
+        for (int64_t j = b; j < e; ++j) p[size_t(j - b)] = std::exp(x[ids[j]] - mx) * inv;
+        std::memset(d, 0, size_t(vocab) * 4);  // (after reading x: d may alias it)
+        for (int64_t j = b; j < e; ++j) d[ids[j]] = -g * p[size_t(j - b)];
+      }
+      d[pl[r]] += g;
+    }
+  }
+
   void route_noaux_tc(const Tensor& logits, const Tensor& bias, const RouterParams& p,
                       Tensor& scores, Tensor& topk_idx, Tensor& topk_w,
                       bool use_given_idx) override {

@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -36,6 +37,9 @@ struct Model::Saved {
   AttentionInputs in;
   std::vector<LayerSaved> layers;
   Tensor x_final, xn_final, rstd_final, dlogits;
+  Tensor logits, labels;  // token_logprobs mode: backward(dlogp) needs them
+  TokenSets sets;
+  bool has_sets = false;
 };
 
 Batch Batch::next_token(const std::vector<std::vector<int32_t>>& seqs) {
@@ -341,6 +345,26 @@ ForwardResult Model::forward(const Batch& batch, const ForwardOptions& opt) {
 
   Tensor labels = be.from_host(batch.labels);
   for (int64_t i = 0; i < n; ++i) r.targets += batch.labels.i32()[i] != -100;
+  if (opt.token_logprobs) {
+    Tensor logp = be.empty({n}), ent = be.empty({n});
+    be.token_logprobs(logits, labels, opt.sampling_sets, logp, &ent);
+    r.token_logprobs = be.to_host(logp);
+    r.token_entropy = be.to_host(ent);
+    double total = 0;
+    for (int64_t i = 0; i < n; ++i) total -= r.token_logprobs.f32()[i];
+    r.ce_loss = r.targets > 0 ? total / double(r.targets) : 0.0;
+    r.loss = r.ce_loss + r.balance_loss;
+    if (opt.need_backward) {
+      s->logits = logits;  // backward(dlogp) turns them into d/dlogits in place
+      s->labels = labels;
+      if (opt.sampling_sets) s->sets = *opt.sampling_sets;
+      s->has_sets = opt.sampling_sets != nullptr;
+      saved_ = std::move(s);
+    } else {
+      saved_.reset();
+    }
+    return r;
+  }
   float grad_scale = r.targets > 0 ? 1.0f / float(r.targets) : 0.0f;
   double total =
       be.cross_entropy(logits, labels, grad_scale, opt.need_backward ? &logits : nullptr);
@@ -355,11 +379,27 @@ ForwardResult Model::forward(const Batch& batch, const ForwardOptions& opt) {
   return r;
 }
 
-void Model::backward() {
+void Model::backward(const Tensor* dlogp) {
   SHOAL_CHECK(saved_ != nullptr, "backward() without a forward(need_backward = true) before it");
   Backend& be = *be_;
   Saved& s = *saved_;
   int64_t n = s.x_final.size(0), d = config_.hidden_size;
+  if (s.logits.defined()) {
+    SHOAL_CHECK(dlogp != nullptr,
+                "backward(): the forward returned token log-probs, so backward "
+                "needs d(objective)/d(log p) per token");
+    SHOAL_CHECK(dlogp->dtype() == DType::f32 && dlogp->numel() == n,
+                "backward(): dlogp must be f32[{}], got {}", n, dlogp->describe());
+    for (int64_t i = 0; i < n; ++i)
+      SHOAL_CHECK(std::isfinite(dlogp->f32()[i]), "backward(): dlogp[{}] is {}", i,
+                  dlogp->f32()[i]);
+    be.token_logprobs_backward(s.logits, s.labels, s.has_sets ? &s.sets : nullptr,
+                               be.from_host(*dlogp), s.logits);
+    s.dlogits = s.logits;
+    s.logits = Tensor();
+  } else {
+    SHOAL_CHECK(dlogp == nullptr, "backward(dlogp) needs a forward with token_logprobs");
+  }
   be.matmul(s.dlogits, true, s.xn_final, false, g_head_, 1.0f, 1.0f);
   Tensor dxn = be.empty({n, d});
   be.matmul(s.dlogits, false, head_, false, dxn);

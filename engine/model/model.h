@@ -42,6 +42,11 @@ struct ForwardOptions {
                                     // times this) accumulates into the indexer during forward
   bool measure_indexer_kl = false;  // report the KL without training on it
   bool keep_dsa_topk = false;       // return each layer's selection
+  // RL objectives: return log p(label) and the entropy per token (token_logprobs); backward() then
+  // takes d(objective)/d(log p) per token instead of using the cross-entropy. sampling_sets
+  // renormalises p over each token's recorded top-k/top-p set (keep-sampling-mask).
+  bool token_logprobs = false;
+  const TokenSets* sampling_sets = nullptr;
 };
 
 struct ForwardResult {
@@ -53,6 +58,8 @@ struct ForwardResult {
   std::vector<Tensor> routing;   // per layer i32 [N, K] expert ids (host), empty for dense layers
   double indexer_kl = 0;         // DSA: KL(attention || indexer) per token, summed over layers
   std::vector<Tensor> dsa_topk;  // DSA: per layer i32 [N, k] selected key positions (-1 = none)
+  Tensor token_logprobs;         // host f32 [N] (0 where the label is -100), when requested
+  Tensor token_entropy;          // host f32 [N], when token_logprobs
 };
 
 class Model {
@@ -82,8 +89,9 @@ class Model {
             DType dtype = DType::f32);
 
   ForwardResult forward(const Batch& batch, const ForwardOptions& options = {});
-  // Gradients of the last forward's loss, accumulated into params().grad.
-  void backward();
+  // Gradients of the last forward's loss, accumulated into params().grad. After a forward with
+  // token_logprobs, dlogp (host f32 [N]) gives d(objective)/d(log p) per token instead.
+  void backward(const Tensor* dlogp = nullptr);
   // Auxiliary-loss-free balancing: router bias += gamma * sign(mean load - load) per MoE layer.
   void update_router_bias(double gamma);
 
