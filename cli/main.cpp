@@ -27,6 +27,11 @@ int main(int argc, char** argv) {
       shoal::cli::add_convert);
   add("pretrain", "Train a small model from scratch on a synthetic sequence task (CPU)",
       shoal::cli::add_pretrain);
+  add("tokenize", "Encode {\"text\"} JSON lines to token ids (or --decode ids to text)",
+      shoal::cli::add_tokenize);
+  add("train-tokenizer",
+      "Train a byte-level BPE tokenizer (DeepSeek-V3 pre-tokenizer and chat markers) on text files",
+      shoal::cli::add_train_tokenizer);
   // CLI11 reports an unknown first word only as "a subcommand is required": say what was wrong.
   if (argc > 1 && argv[1][0] != '-') {
     bool known = false;
