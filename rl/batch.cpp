@@ -6,6 +6,12 @@
 
 namespace shoal::rl {
 
+Sample sample_from_chat(const Tokenizer& tokenizer, const std::vector<ChatMessage>& messages) {
+  ChatTokens t = render_chat_tokens(tokenizer, messages);
+  SHOAL_CHECK(!t.ids.empty(), "sample_from_chat: the conversation renders to no tokens");
+  return {std::move(t.ids), std::move(t.assistant_mask)};
+}
+
 Batch pack(const std::vector<Sample>& samples) {
   SHOAL_CHECK(!samples.empty(), "pack: no samples");
   std::vector<std::vector<int32_t>> seqs;

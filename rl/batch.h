@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "engine/model/model.h"
+#include "engine/tokenizer/chat_format.h"
 
 namespace shoal::rl {
 
@@ -16,6 +17,11 @@ struct Sample {
   std::vector<int32_t> tokens;
   std::vector<uint8_t> loss_mask;  // same length; 1 where the token was produced by the model
 };
+
+// A conversation (OpenAI-form messages) rendered with the DeepSeek chat format: the loss mask
+// covers exactly the assistant turns as the model produces them (content, tool calls and the
+// closing end-of-sentence), never prompts, system text or tool outputs.
+Sample sample_from_chat(const Tokenizer& tokenizer, const std::vector<ChatMessage>& messages);
 
 // Packs samples (in order) into one Batch. Errors on empty samples or mask length mismatches.
 Batch pack(const std::vector<Sample>& samples);

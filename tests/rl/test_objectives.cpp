@@ -10,6 +10,7 @@
 
 #include "engine/model/model.h"
 #include "engine/optim/adamw.h"
+#include "engine/tokenizer/tokenizer.h"
 #include "rl/batch.h"
 #include "rl/dpo.h"
 #include "rl/grpo.h"
@@ -481,6 +482,46 @@ TEST(RlEngine, GrpoRaisesAToyReward) {
   EXPECT_LT(first, 0.2);
   EXPECT_GT(last, first + 0.3) << "reward went from " << first << " to " << last;
   omp_set_num_threads(prev);
+}
+
+}  // namespace
+}  // namespace shoal::rl
+
+namespace shoal::rl {
+namespace {
+
+TEST(RlBatch, ConversationLossMaskCoversOnlyAssistantTurns) {
+  // The fetched DeepSeek-V3 tokenizer (scripts/install-deps).
+  Tokenizer tok = Tokenizer::load(std::string(SHOAL_DATA_DIR) + "/tokenizers/deepseek_v3");
+  auto messages = chat_messages_from_json(nlohmann::json::parse(R"([
+    {"role": "system", "content": "You are terse."},
+    {"role": "user", "content": "What is 2+2?"},
+    {"role": "assistant", "content": "", "tool_calls": [{"type": "function",
+      "function": {"name": "calculator", "arguments": "{\"expr\": \"2+2\"}"}}]},
+    {"role": "tool", "content": "4"},
+    {"role": "assistant", "content": "4."}])"));
+  Sample s = sample_from_chat(tok, messages);
+  ASSERT_EQ(s.tokens.size(), s.loss_mask.size());
+  std::vector<int32_t> model_ids, other_ids;
+  for (size_t i = 0; i < s.tokens.size(); ++i)
+    (s.loss_mask[i] ? model_ids : other_ids).push_back(s.tokens[i]);
+  std::string model_text = tok.decode(model_ids), other_text = tok.decode(other_ids);
+  // The model produced the tool call and the final answer, each closed by end-of-sentence...
+  EXPECT_NE(model_text.find("calculator"), std::string::npos) << model_text;
+  EXPECT_NE(model_text.find("4."), std::string::npos) << model_text;
+  EXPECT_NE(model_text.find("<｜end▁of▁sentence｜>"), std::string::npos) << model_text;
+  // ...but not the system prompt, the question or the tool's output.
+  EXPECT_EQ(model_text.find("terse"), std::string::npos) << model_text;
+  EXPECT_EQ(model_text.find("2+2?"), std::string::npos) << model_text;
+  EXPECT_EQ(model_text.find("tool▁output"), std::string::npos) << model_text;
+  EXPECT_NE(other_text.find("What is 2+2?"), std::string::npos) << other_text;
+  // Packed for training, only rows whose next token is the model's carry a label.
+  Batch b = pack({s});
+  int64_t labelled = 0;
+  for (int64_t i = 0; i < b.tokens(); ++i) labelled += b.labels.i32()[i] != -100;
+  int64_t masked_after_first = 0;
+  for (size_t i = 1; i < s.tokens.size(); ++i) masked_after_first += s.loss_mask[i];
+  EXPECT_EQ(labelled, masked_after_first);
 }
 
 }  // namespace
