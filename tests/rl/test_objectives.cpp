@@ -14,6 +14,7 @@
 #include "rl/batch.h"
 #include "rl/dpo.h"
 #include "rl/grpo.h"
+#include "rl/reference.h"
 #include "rl/sft.h"
 
 namespace shoal::rl {
@@ -522,6 +523,34 @@ TEST(RlBatch, ConversationLossMaskCoversOnlyAssistantTurns) {
   int64_t masked_after_first = 0;
   for (size_t i = 1; i < s.tokens.size(); ++i) masked_after_first += s.loss_mask[i];
   EXPECT_EQ(labelled, masked_after_first);
+}
+
+}  // namespace
+}  // namespace shoal::rl
+
+namespace shoal::rl {
+namespace {
+
+TEST(RlReference, LogprobsAreComputedOnceAndMatchTheModel) {
+  Model ref(tiny(24), cpu_backend());
+  ref.init_random(4, 0.3f);
+  std::vector<Sample> samples = {{{0, 5, 7, 9}, {0, 1, 1, 1}}, {{0, 6, 2}, {0, 0, 1}}};
+  Batch b = pack(samples);
+  ReferenceLogprobs cache(ref);
+  Tensor a = cache.token_logprobs(samples, b);
+  EXPECT_EQ(cache.computed_samples(), 2u);
+  ForwardOptions o;
+  o.token_logprobs = true;
+  o.need_backward = false;
+  Tensor direct = ref.forward(b, o).token_logprobs;
+  for (int64_t i = 0; i < b.tokens(); ++i) EXPECT_FLOAT_EQ(a.f32()[i], direct.f32()[i]);
+  // Same samples again, in another order and with a new one: only the new one is computed.
+  std::vector<Sample> again = {samples[1], {{0, 3, 3}, {0, 1, 1}}, samples[0]};
+  Tensor c = cache.token_logprobs(again, pack(again));
+  EXPECT_EQ(cache.computed_samples(), 3u);
+  EXPECT_EQ(cache.cached(), 3u);
+  EXPECT_FLOAT_EQ(c.f32()[1], a.f32()[5]);  // sample 1's model-produced row
+  EXPECT_THROW(cache.token_logprobs(again, b), Error);
 }
 
 }  // namespace
