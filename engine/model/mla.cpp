@@ -4,6 +4,9 @@
 // every output and gradient) unchanged.
 #include "engine/model/mla.h"
 
+#include <algorithm>
+#include <cmath>
+
 namespace shoal {
 
 Mla::Mla(const ModelConfig& c, ParamSet& ps, const std::string& prefix) : c_(c), prefix_(prefix) {
@@ -103,6 +106,91 @@ void Mla::forward(Backend& be, const Tensor& x, const AttentionInputs& in, Tenso
     s.indexer_kl = indexer_->kl(be, s.indexer, p, sparse, in, in.indexer_kl_grad);
   }
   be.matmul(s.attn.view({n, h * dv}), false, w_.o, true, y);
+}
+
+void Mla::forward_cached(Backend& be, const Tensor& x, const Tensor& positions,
+                         const std::vector<int64_t>& seq_of, LatentKvCache& cache, int64_t layer,
+                         const Tensor& cos_sin, Tensor& y) {
+  SHOAL_CHECK(!indexer_,
+              "cached decoding of DeepSeek Sparse Attention (V3.2) is not implemented "
+              "yet: use the uncached forward for deepseek_v32 models");
+  SHOAL_CHECK(be.device() == Device::cpu, "forward_cached runs on the CPU backend");
+  const int64_t n = x.size(0), h = c_.num_attention_heads, dn = c_.qk_nope_head_dim,
+                dr = c_.qk_rope_head_dim, dv = c_.v_head_dim, dq = dn + dr, rkv = c_.kv_lora_rank;
+  const float eps = float(c_.rms_norm_eps);
+  SHOAL_CHECK(int64_t(seq_of.size()) == n && positions.numel() == n,
+              "forward_cached: {} rows, {} sequences, {} positions", n, seq_of.size(),
+              positions.numel());
+  Tensor q = be.empty({n, h * dq});
+  if (c_.q_lora_rank > 0) {
+    Tensor qa = be.empty({n, c_.q_lora_rank}), qan = be.empty({n, c_.q_lora_rank}),
+           rs = be.empty({n});
+    be.matmul(x, false, w_.q_a, true, qa);
+    be.rmsnorm_forward(qa, w_.q_a_norm, eps, qan, rs);
+    be.matmul(qan, false, w_.q_b, true, q);
+  } else {
+    be.matmul(x, false, w_.q_proj, true, q);
+  }
+  Tensor q3 = q.view({n, h, dq});
+  Tensor q_pe = q3.slice(2, dn, dq);
+  be.rope(q_pe, positions, cos_sin, c_.rope_interleave, false);
+  Tensor kv_a = be.empty({n, rkv + dr}), c_kv = be.empty({n, rkv}), rs = be.empty({n});
+  be.matmul(x, false, w_.kv_a, true, kv_a);
+  be.rmsnorm_forward(kv_a.slice(1, 0, rkv), w_.kv_a_norm, eps, c_kv, rs);
+  Tensor k_pe = be.empty({n, 1, dr});
+  Tensor k_pe2 = k_pe.select(1, 0);
+  be.copy(kv_a.slice(1, rkv, rkv + dr), k_pe2);
+  be.rope(k_pe, positions, cos_sin, c_.rope_interleave, false);
+  const int32_t* pos = positions.i32();
+  for (int64_t i = 0; i < n; ++i) {
+    float* dst = cache.latent(layer, seq_of[size_t(i)], pos[i]);
+    std::copy(c_kv.f32() + i * rkv, c_kv.f32() + (i + 1) * rkv, dst);
+    std::copy(k_pe.f32() + i * dr, k_pe.f32() + (i + 1) * dr, dst + rkv);
+  }
+  // Absorb W_UK (the k_nope rows of kv_b_proj, per head [dn, rkv]) into the query.
+  Tensor q_lat = be.empty({n, h, rkv});
+  Tensor kvb3 = w_.kv_b.view({h, dn + dv, rkv});
+  for (int64_t hh = 0; hh < h; ++hh) {
+    Tensor ql = q_lat.select(1, hh);
+    be.matmul(q3.select(1, hh).slice(1, 0, dn), false, kvb3.select(0, hh).slice(0, 0, dn), false,
+              ql);
+  }
+  // Attention over the latent: score = q_lat . c_kv + q_pe . k_pe, one KV head for all heads.
+  Tensor o_lat = be.zeros({n, h, rkv});
+  const float scale = float(c_.softmax_scale());
+  std::vector<float> sc;
+  for (int64_t i = 0; i < n; ++i) {
+    int64_t len = pos[i] + 1, s = seq_of[size_t(i)];
+    sc.resize(size_t(len));
+    for (int64_t hh = 0; hh < h; ++hh) {
+      const float* ql = q_lat.f32() + (i * h + hh) * rkv;
+      const float* qp = q.f32() + i * h * dq + hh * dq + dn;
+      float mx = -INFINITY;
+      for (int64_t t = 0; t < len; ++t) {
+        const float* lat = cache.latent(layer, s, t);
+        double acc = 0;
+        for (int64_t r = 0; r < rkv; ++r) acc += double(ql[r]) * lat[r];
+        for (int64_t r = 0; r < dr; ++r) acc += double(qp[r]) * lat[rkv + r];
+        sc[size_t(t)] = float(acc) * scale;
+        mx = std::max(mx, sc[size_t(t)]);
+      }
+      double z = 0;
+      for (int64_t t = 0; t < len; ++t) z += sc[size_t(t)] = std::exp(sc[size_t(t)] - mx);
+      float* ol = o_lat.f32() + (i * h + hh) * rkv;
+      for (int64_t t = 0; t < len; ++t) {
+        const float* lat = cache.latent(layer, s, t);
+        float p = float(sc[size_t(t)] / z);
+        for (int64_t r = 0; r < rkv; ++r) ol[r] += p * lat[r];
+      }
+    }
+  }
+  // W_UV (the v rows of kv_b_proj, per head [dv, rkv]) after the attention.
+  Tensor attn = be.empty({n, h, dv});
+  for (int64_t hh = 0; hh < h; ++hh) {
+    Tensor a = attn.select(1, hh);
+    be.matmul(o_lat.select(1, hh), false, kvb3.select(0, hh).slice(0, dn, dn + dv), true, a);
+  }
+  be.matmul(attn.view({n, h * dv}), false, w_.o, true, y);
 }
 
 void Mla::backward(Backend& be, const MlaSaved& s, const AttentionInputs& in, const Tensor& dy,

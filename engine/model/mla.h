@@ -6,6 +6,7 @@
 #include <memory>
 
 #include "engine/backend.h"
+#include "engine/generate/kv_cache.h"
 #include "engine/model/config.h"
 #include "engine/model/dsa.h"
 #include "engine/model/params.h"
@@ -46,6 +47,14 @@ class Mla {
   Mla(const ModelConfig& c, ParamSet& params, const std::string& prefix);
   // y = attention(x); x: [N, D] (already normed), y: [N, D].
   void forward(Backend& be, const Tensor& x, const AttentionInputs& in, Tensor& y, MlaSaved& s);
+  // Inference over the latent cache (MQA mode with weight absorption, REFERENCE.md §1): row i of
+  // x is token positions[i] of cache sequence seq_of[i]. Its latent [c_kv; rope(k_pe)] is written
+  // to the cache (room reserved by the caller), then it attends to positions 0..positions[i] of
+  // its sequence through W_UK folded into the query and W_UV applied after: the same function as
+  // forward(), computed over kv_lora_rank + qk_rope_head_dim values per cached token.
+  void forward_cached(Backend& be, const Tensor& x, const Tensor& positions,
+                      const std::vector<int64_t>& seq_of, LatentKvCache& cache, int64_t layer,
+                      const Tensor& cos_sin, Tensor& y);
   // dx = d/dx (overwritten); parameter gradients accumulate.
   void backward(Backend& be, const MlaSaved& s, const AttentionInputs& in, const Tensor& dy,
                 Tensor& dx);

@@ -427,6 +427,62 @@ void Model::backward(const Tensor* dlogp) {
   saved_.reset();
 }
 
+Tensor Model::forward_cached(LatentKvCache& cache, const std::vector<int64_t>& seqs,
+                             const std::vector<std::vector<int32_t>>& tokens) {
+  const ModelConfig& c = config_;
+  Backend& be = *be_;
+  SHOAL_CHECK(seqs.size() == tokens.size(), "forward_cached: {} sequences, {} token lists",
+              seqs.size(), tokens.size());
+  int64_t n = 0, max_pos = 0;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    SHOAL_CHECK(!tokens[i].empty(), "forward_cached: no new tokens for sequence {}", seqs[i]);
+    n += int64_t(tokens[i].size());
+    max_pos = std::max(max_pos, cache.length(seqs[i]) + int64_t(tokens[i].size()));
+  }
+  SHOAL_CHECK(max_pos <= c.max_position_embeddings,
+              "forward_cached: {} positions exceed max_position_embeddings {}", max_pos,
+              c.max_position_embeddings);
+  Tensor ids = Tensor::empty({n}, DType::i32), positions = Tensor::empty({n}, DType::i32);
+  std::vector<int64_t> seq_of;
+  int64_t o = 0;
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    cache.reserve(seqs[i], int64_t(tokens[i].size()));
+    for (size_t j = 0; j < tokens[i].size(); ++j, ++o) {
+      ids.i32()[o] = tokens[i][j];
+      positions.i32()[o] = int32_t(cache.length(seqs[i]) + int64_t(j));
+      seq_of.push_back(seqs[i]);
+    }
+  }
+  const Tensor& cos_sin = rope_table(max_pos);
+  const float eps = float(c.rms_norm_eps);
+  int64_t d = c.hidden_size;
+  Tensor x = be.empty({n, d});
+  be.embedding_forward(ids, embed_, x);
+  Tensor xn = be.empty({n, d}), rstd = be.empty({n}), h1 = be.empty({n, d});
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    Layer& L = *layers_[l];
+    be.rmsnorm_forward(x, L.ln1, eps, xn, rstd);
+    L.attn->forward_cached(be, xn, positions, seq_of, cache, int64_t(l), cos_sin, h1);
+    be.add(h1, x);
+    be.rmsnorm_forward(h1, L.ln2, eps, xn, rstd);
+    Tensor out = be.empty({n, d});
+    if (L.moe) {
+      MoeSaved unused;
+      L.moe->forward(be, xn, {0, n}, out, unused, nullptr, 0.0, /*count_load=*/false);
+    } else {
+      SwiGluSaved unused;
+      swiglu_forward(be, L.mlp, xn, out, unused, false);
+    }
+    be.add(out, h1);
+    x = out;
+  }
+  be.rmsnorm_forward(x, norm_, eps, xn, rstd);
+  Tensor logits = be.empty({n, c.vocab_size});
+  be.matmul(xn, false, head_, true, logits);
+  for (size_t i = 0; i < seqs.size(); ++i) cache.advance(seqs[i], int64_t(tokens[i].size()));
+  return be.to_host(logits);
+}
+
 void Model::update_router_bias(double gamma) {
   for (auto& L : layers_)
     if (L->moe) L->moe->update_bias(*be_, gamma);

@@ -92,6 +92,12 @@ class Model {
   // Gradients of the last forward's loss, accumulated into params().grad. After a forward with
   // token_logprobs, dlogp (host f32 [N]) gives d(objective)/d(log p) per token instead.
   void backward(const Tensor* dlogp = nullptr);
+  // Inference with the latent KV cache: new tokens of several cached sequences (a prefill chunk or
+  // one decode token each) run through the model; each token's latents are appended to its
+  // sequence. Returns host logits [total new tokens, V], rows in input order. deepseek_v3 only
+  // for now (cached DSA decode is not implemented).
+  Tensor forward_cached(LatentKvCache& cache, const std::vector<int64_t>& seqs,
+                        const std::vector<std::vector<int32_t>>& tokens);
   // Auxiliary-loss-free balancing: router bias += gamma * sign(mean load - load) per MoE layer.
   void update_router_bias(double gamma);
 

@@ -81,7 +81,7 @@ double balance_loss(const Tensor& scores, const Tensor& idx, const std::vector<i
 }  // namespace
 
 double Moe::forward(Backend& be, const Tensor& x, const std::vector<int64_t>& cu, Tensor& y,
-                    MoeSaved& s, const Tensor* replay_idx, double balance_alpha) {
+                    MoeSaved& s, const Tensor* replay_idx, double balance_alpha, bool count_load) {
   int64_t n = x.size(0), e = c_.n_routed_experts, k = c_.num_experts_per_tok;
   s.x = x;
   s.logits = be.empty({n, e});
@@ -98,7 +98,8 @@ double Moe::forward(Backend& be, const Tensor& x, const std::vector<int64_t>& cu
   be.route_noaux_tc(s.logits, bias_, rp_, s.scores, s.topk_idx, s.topk_w, replay_idx != nullptr);
   s.order = be.empty({n * k}, DType::i32);
   be.moe_sort(s.topk_idx, e, s.order, s.counts);
-  for (int64_t i = 0; i < e; ++i) load_[size_t(i)] += s.counts[size_t(i)];
+  if (count_load)
+    for (int64_t i = 0; i < e; ++i) load_[size_t(i)] += s.counts[size_t(i)];
 
   s.xs = be.empty({n * k, x.size(1)});
   be.gather_rows(x, s.order, k, s.xs);

@@ -23,8 +23,10 @@ class Moe {
   Moe(const ModelConfig& c, ParamSet& params, const std::string& prefix);
   // y = moe(x). replay_idx (i32 [N, K]) forces the expert choice (routing replay); balance_alpha
   // > 0 adds the sequence-wise balance loss, returned (already weighted by alpha).
+  // count_load = false leaves the load counts alone (inference).
   double forward(Backend& be, const Tensor& x, const std::vector<int64_t>& cu_seqlens, Tensor& y,
-                 MoeSaved& s, const Tensor* replay_idx, double balance_alpha);
+                 MoeSaved& s, const Tensor* replay_idx, double balance_alpha,
+                 bool count_load = true);
   void backward(Backend& be, const MoeSaved& s, const Tensor& dy, Tensor& dx);
 
   // Tokens routed to each expert since the last bias update (summed over forwards).
