@@ -11,6 +11,7 @@ using Run = std::function<int()>;
 Run add_check_model(CLI::App& app);
 Run add_pretrain(CLI::App& app);
 Run add_convert(CLI::App& app);
+Run add_generate(CLI::App& app);
 Run add_tokenize(CLI::App& app);
 Run add_train_tokenizer(CLI::App& app);
 

@@ -27,6 +27,8 @@ int main(int argc, char** argv) {
       shoal::cli::add_convert);
   add("pretrain", "Train a small model from scratch on a synthetic sequence task (CPU)",
       shoal::cli::add_pretrain);
+  add("generate", "Complete a prompt with a checkpoint (greedy or sampled, through the KV cache)",
+      shoal::cli::add_generate);
   add("tokenize", "Encode {\"text\"} JSON lines to token ids (or --decode ids to text)",
       shoal::cli::add_tokenize);
   add("train-tokenizer",

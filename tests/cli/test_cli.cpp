@@ -124,6 +124,20 @@ TEST(Cli, CheckModelOnWrongConfigNamesTheTensor) {
   fs::remove_all(dir);
 }
 
+TEST(Cli, GenerateGreedyJsonAndBadInput) {
+  Result r = shoal("generate --model " + data("tiny_v3") +
+                   " --prompt-ids 618 --greedy --max-tokens 4 --json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find(R"("ids":[140,404,472,246])"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("logprobs"), std::string::npos) << r.out;
+  r = shoal("generate --model " + data("tiny_v3") + " --prompt-ids 5,x");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("'x' is not an integer"), std::string::npos) << r.out;
+  r = shoal("generate --model " + data("tiny_v3") + " --prompt-ids 5 --temperature -1");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("temperature"), std::string::npos) << r.out;
+}
+
 TEST(Cli, PretrainRefusesToOverwriteARun) {
   fs::path out = fs::temp_directory_path() / ("shoal_cli_run_" + std::to_string(getpid()));
   fs::remove_all(out);
