@@ -14,5 +14,7 @@ Run add_convert(CLI::App& app);
 Run add_generate(CLI::App& app);
 Run add_tokenize(CLI::App& app);
 Run add_train_tokenizer(CLI::App& app);
+Run add_sandboxd(CLI::App& app);
+Run add_tool(CLI::App& app);
 
 }  // namespace shoal::cli

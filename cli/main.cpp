@@ -34,6 +34,10 @@ int main(int argc, char** argv) {
   add("train-tokenizer",
       "Train a byte-level BPE tokenizer (DeepSeek-V3 pre-tokenizer and chat markers) on text files",
       shoal::cli::add_train_tokenizer);
+  add("sandboxd", "Serve sandboxed tool calls over ZeroMQ (--bind ipc://PATH|tcp://HOST:PORT)",
+      shoal::cli::add_sandboxd);
+  add("tool", "List the sandbox tools, or run one call (locally or on --endpoint)",
+      shoal::cli::add_tool);
   // CLI11 reports an unknown first word only as "a subcommand is required": say what was wrong.
   if (argc > 1 && argv[1][0] != '-') {
     bool known = false;

@@ -16,5 +16,6 @@ check base kernels engine rl tasks sandbox actors cli
 check kernels engine rl tasks sandbox actors cli
 check engine rl tasks sandbox actors cli
 check rl tasks sandbox actors cli
+check sandbox engine rl tasks actors cli kernels
 [[ $status == 0 ]] && echo "layering: ok"
 exit $status
