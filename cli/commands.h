@@ -16,5 +16,6 @@ Run add_tokenize(CLI::App& app);
 Run add_train_tokenizer(CLI::App& app);
 Run add_sandboxd(CLI::App& app);
 Run add_tool(CLI::App& app);
+Run add_tasks(CLI::App& app);
 
 }  // namespace shoal::cli

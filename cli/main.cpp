@@ -38,6 +38,8 @@ int main(int argc, char** argv) {
       shoal::cli::add_sandboxd);
   add("tool", "List the sandbox tools, or run one call (locally or on --endpoint)",
       shoal::cli::add_tool);
+  add("tasks", "Task families and the task store: families, synth, list, show, export",
+      shoal::cli::add_tasks);
   // CLI11 reports an unknown first word only as "a subcommand is required": say what was wrong.
   if (argc > 1 && argv[1][0] != '-') {
     bool known = false;

@@ -17,5 +17,7 @@ check kernels engine rl tasks sandbox actors cli
 check engine rl tasks sandbox actors cli
 check rl tasks sandbox actors cli
 check sandbox engine rl tasks actors cli kernels
+check tasks engine rl actors cli kernels
+check actors cli
 [[ $status == 0 ]] && echo "layering: ok"
 exit $status

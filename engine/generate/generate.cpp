@@ -5,7 +5,7 @@
 #include <cmath>
 #include <numeric>
 
-#include "engine/generate/kv_cache.h"
+#include "engine/generate/scheduler.h"
 
 namespace shoal {
 
@@ -19,7 +19,8 @@ void SamplingParams::validate() const {
 }
 
 std::pair<int32_t, float> sample_token(const float* x, int64_t vocab, const SamplingParams& p,
-                                       std::mt19937_64& rng) {
+                                       std::mt19937_64& rng, std::vector<int32_t>* kept) {
+  if (kept) kept->clear();
   if (p.greedy) {
     int64_t best = std::max_element(x, x + vocab) - x;
     double mx = x[best], z = 0;
@@ -64,68 +65,46 @@ std::pair<int32_t, float> sample_token(const float* x, int64_t vocab, const Samp
     }
   }
   int32_t id = order[pick];
+  if (kept && keep < order.size()) {
+    kept->assign(order.begin(), order.begin() + int64_t(keep));
+    std::sort(kept->begin(), kept->end());
+  }
   return {id, float(logit[size_t(id)] - mx - std::log(zk))};
 }
 
 std::vector<Generation> generate(Model& model, const std::vector<std::vector<int32_t>>& prompts,
                                  const SamplingParams& params) {
   params.validate();
-  const ModelConfig& c = model.config();
   SHOAL_CHECK(!prompts.empty(), "generate: no prompts");
-  int64_t need_pages = 0;
-  const int64_t page = 16;
-  for (size_t i = 0; i < prompts.size(); ++i) {
-    SHOAL_CHECK(!prompts[i].empty(), "generate: prompt {} is empty", i);
-    int64_t total = int64_t(prompts[i].size()) + params.max_tokens;
-    SHOAL_CHECK(total <= c.max_position_embeddings,
-                "generate: prompt {} ({} tokens) plus max_tokens {} exceeds the context of {}", i,
-                prompts[i].size(), params.max_tokens, c.max_position_embeddings);
-    for (int32_t id : prompts[i])
-      SHOAL_CHECK(id >= 0 && id < c.vocab_size, "generate: prompt {} has token {} outside [0, {})",
-                  i, id, c.vocab_size);
-    need_pages += (total + page - 1) / page;
+  SchedulerConfig sc;
+  sc.cache.page_tokens = 16;
+  sc.cache.pages = 0;
+  sc.max_sequences = int64_t(prompts.size());
+  sc.max_batch_tokens = int64_t(prompts.size());
+  for (auto& p : prompts) {
+    int64_t total = int64_t(p.size()) + params.max_tokens;
+    sc.cache.pages += (total + sc.cache.page_tokens - 1) / sc.cache.page_tokens;
+    sc.max_batch_tokens += int64_t(p.size());
   }
-  for (int32_t id : params.stop_ids)
-    SHOAL_CHECK(id >= 0 && id < c.vocab_size, "generate: stop id {} outside [0, {})", id,
-                c.vocab_size);
-  LatentKvCache cache(c, {page, need_pages});
-  std::vector<Generation> out(prompts.size());
-  std::vector<std::mt19937_64> rng;
-  std::vector<int64_t> handle;
+  Scheduler sched(model, sc);
+  std::vector<std::shared_ptr<RequestHandle>> handles;
   for (size_t i = 0; i < prompts.size(); ++i) {
-    rng.emplace_back(params.seed + i);
-    handle.push_back(cache.add_sequence());
+    GenerationRequest r;
+    r.prompt = prompts[i];
+    r.sampling = params;
+    r.sampling.seed = params.seed + i;
+    handles.push_back(sched.submit(std::move(r)));
   }
-  std::vector<size_t> active(prompts.size());
-  std::iota(active.begin(), active.end(), size_t(0));
-  std::vector<std::vector<int32_t>> next(prompts.begin(), prompts.end());
-  while (!active.empty()) {
-    std::vector<int64_t> seqs;
-    std::vector<std::vector<int32_t>> toks;
-    for (size_t i : active) {
-      seqs.push_back(handle[i]);
-      toks.push_back(next[i]);
-    }
-    Tensor logits = model.forward_cached(cache, seqs, toks);
-    int64_t row = -1, v = logits.size(1);
-    std::vector<size_t> still;
-    for (size_t k = 0; k < active.size(); ++k) {
-      size_t i = active[k];
-      row += int64_t(toks[k].size());
-      auto [id, lp] = sample_token(logits.f32() + row * v, v, params, rng[i]);
-      out[i].ids.push_back(id);
-      out[i].logprobs.push_back(lp);
-      bool stop =
-          std::find(params.stop_ids.begin(), params.stop_ids.end(), id) != params.stop_ids.end();
-      out[i].stopped = stop;
-      if (stop || int64_t(out[i].ids.size()) >= params.max_tokens) {
-        cache.release(handle[i]);
-      } else {
-        next[i] = {id};
-        still.push_back(i);
-      }
-    }
-    active = still;
+  sched.run_until_idle();
+  std::vector<Generation> out;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    Completion c = handles[i]->wait()[0];
+    SHOAL_CHECK(c.finish != FinishReason::error, "generate: prompt {}: {}", i, c.error);
+    Generation g;
+    g.ids = c.ids();
+    g.logprobs = c.logprobs();
+    g.stopped = c.finish == FinishReason::stop_id;
+    out.push_back(std::move(g));
   }
   return out;
 }

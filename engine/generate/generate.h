@@ -1,8 +1,6 @@
-// Token sampling and a simple generation loop over the latent KV cache: all requests run as one
-// batch (prefill together, then one decode step per token for every unfinished request). Records
-// each token's log-probability under the distribution it was sampled from. Not here yet: the
-// continuous-batching scheduler, prefix sharing, streaming and sampling-mask/routing records
-// (the generation issue).
+// Token sampling (greedy, temperature, top-k, top-p, min-p; the log-probability under the
+// distribution sampled from and, on request, the kept set) and generate(), a blocking batch call
+// over the continuous-batching scheduler. Not here: the scheduler itself (scheduler.h).
 #pragma once
 
 #include <cstdint>
@@ -27,9 +25,10 @@ struct SamplingParams {
 
 // Samples one id from logits [V]; returns it and its log-probability under the sampling
 // distribution (after temperature and truncation). Greedy returns the argmax and its log-prob
-// under the model's own distribution (temperature 1, no truncation).
+// under the model's own distribution (temperature 1, no truncation). kept (optional) receives the
+// truncated set as sorted ids, or nothing when the whole vocabulary was kept (greedy included).
 std::pair<int32_t, float> sample_token(const float* logits, int64_t vocab, const SamplingParams& p,
-                                       std::mt19937_64& rng);
+                                       std::mt19937_64& rng, std::vector<int32_t>* kept = nullptr);
 
 struct Generation {
   std::vector<int32_t> ids;     // generated tokens (without the prompt)
@@ -37,8 +36,9 @@ struct Generation {
   bool stopped = false;         // hit a stop id (which is included in ids)
 };
 
-// Generates for each prompt (a deepseek_v3 model; the cache sizes itself from the requests).
-// Request i samples with seed params.seed + i, so results do not depend on the batch.
+// Generates for each prompt through the scheduler, all admitted at once (the cache sizes itself
+// from the requests). Request i samples with seed params.seed + i, so results do not depend on
+// the batch. Throws on the first request that fails.
 std::vector<Generation> generate(Model& model, const std::vector<std::vector<int32_t>>& prompts,
                                  const SamplingParams& params);
 

@@ -1,8 +1,8 @@
 // DeepSeek Sparse Attention's lightning indexer (V3.2): per query token, scores every earlier token
 // of its sequence, I[t, s] = sum_h w[t, h] * relu(q_I[t, h] . k_I[s]) / sqrt(index_head_dim), and
 // keeps the index_topk best as the keys MLA attends to. Its own training signal is a KL loss to
-// the main attention's distribution; the language-model loss never reaches it. Not here: the
-// decode-time key cache (generation engine).
+// the main attention's distribution; the language-model loss never reaches it. Also the cached
+// (decode) path: keys in the latent KV cache, one score row per new token.
 #pragma once
 
 #include "engine/backend.h"
@@ -12,6 +12,16 @@
 namespace shoal {
 
 struct AttentionInputs;
+struct CachedInputs;
+class LatentKvCache;
+
+// Row t of Backend::topk_rows for a sequence of length len (len > t; positions after t masked):
+// the positions of the k best of scores[0..t], ties broken exactly as topk_rows (torch.topk on the
+// CPU) breaks them at that length. Appends to out in topk_rows' order, without -1 padding.
+void topk_row(const float* scores, int64_t t, int64_t len, int64_t k, std::vector<int32_t>& out);
+// Whether the k-th and (k+1)-th best of scores[0..t] are equal (or a score is NaN): only then does
+// topk_row's selection depend on len.
+bool topk_tie_at_boundary(const float* scores, int64_t t, int64_t k);
 
 struct IndexerSaved {
   Tensor x, q_resid;  // inputs (detached: the indexer's gradients stop at its parameters)
@@ -38,6 +48,12 @@ class Indexer {
   // gradient (times grad_scale) is accumulated into the indexer's parameters.
   double kl(Backend& be, const IndexerSaved& s, const Tensor& p, const Tensor* sparse_idx,
             const AttentionInputs& in, float grad_scale);
+  // Cached path: writes the rows' keys to the cache, scores each row against its sequence's cached
+  // keys 0..its position and returns the selection per row (topk_row at the chunk's dsa_len: a
+  // decode row reproduces the last row of a full forward over the sequence so far).
+  std::vector<std::vector<int32_t>> select_cached(Backend& be, const Tensor& x,
+                                                  const Tensor& q_resid, const CachedInputs& in,
+                                                  LatentKvCache& cache, int64_t layer);
 
  private:
   const ModelConfig& c_;

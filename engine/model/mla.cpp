@@ -1,5 +1,6 @@
-// MLA forward/backward (MHA mode). Shapes: N tokens, H heads, dn/dr/dv = nope/rope/value head
-// dims, dq = dn + dr. RoPE is applied in the checkpoint's interleaved pair layout; transformers
+// MLA forward/backward (MHA mode) and the cached inference path (MHA-mode prefill chunks, absorbed
+// decode, DSA over cached keys). Shapes: N tokens, H heads, dn/dr/dv = nope/rope/value head dims,
+// dq = dn + dr. RoPE is applied in the checkpoint's interleaved pair layout; transformers
 // de-interleaves first, which permutes q and k identically and so leaves every dot product (and so
 // every output and gradient) unchanged.
 #include "engine/model/mla.h"
@@ -108,23 +109,22 @@ void Mla::forward(Backend& be, const Tensor& x, const AttentionInputs& in, Tenso
   be.matmul(s.attn.view({n, h * dv}), false, w_.o, true, y);
 }
 
-void Mla::forward_cached(Backend& be, const Tensor& x, const Tensor& positions,
-                         const std::vector<int64_t>& seq_of, LatentKvCache& cache, int64_t layer,
-                         const Tensor& cos_sin, Tensor& y) {
-  SHOAL_CHECK(!indexer_,
-              "cached decoding of DeepSeek Sparse Attention (V3.2) is not implemented "
-              "yet: use the uncached forward for deepseek_v32 models");
+void Mla::forward_cached(Backend& be, const Tensor& x, const CachedInputs& in, LatentKvCache& cache,
+                         int64_t layer, Tensor& y) {
   SHOAL_CHECK(be.device() == Device::cpu, "forward_cached runs on the CPU backend");
   const int64_t n = x.size(0), h = c_.num_attention_heads, dn = c_.qk_nope_head_dim,
-                dr = c_.qk_rope_head_dim, dv = c_.v_head_dim, dq = dn + dr, rkv = c_.kv_lora_rank;
+                dr = c_.qk_rope_head_dim, dv = c_.v_head_dim, dq = dn + dr, rkv = c_.kv_lora_rank,
+                dim = rkv + dr;
+  const size_t chunks = in.seq.size();
+  SHOAL_CHECK(in.positions.numel() == n && in.cu.size() == chunks + 1 && in.cu.back() == n &&
+                  in.mha.size() == chunks && in.dsa_len.size() == chunks,
+              "forward_cached: {} rows, {} positions, {} chunk offsets for {} chunks", n,
+              in.positions.numel(), in.cu.size(), chunks);
   const float eps = float(c_.rms_norm_eps);
-  SHOAL_CHECK(int64_t(seq_of.size()) == n && positions.numel() == n,
-              "forward_cached: {} rows, {} sequences, {} positions", n, seq_of.size(),
-              positions.numel());
-  Tensor q = be.empty({n, h * dq});
+  Tensor q = be.empty({n, h * dq}), qan;
   if (c_.q_lora_rank > 0) {
-    Tensor qa = be.empty({n, c_.q_lora_rank}), qan = be.empty({n, c_.q_lora_rank}),
-           rs = be.empty({n});
+    Tensor qa = be.empty({n, c_.q_lora_rank}), rs = be.empty({n});
+    qan = be.empty({n, c_.q_lora_rank});
     be.matmul(x, false, w_.q_a, true, qa);
     be.rmsnorm_forward(qa, w_.q_a_norm, eps, qan, rs);
     be.matmul(qan, false, w_.q_b, true, q);
@@ -133,62 +133,116 @@ void Mla::forward_cached(Backend& be, const Tensor& x, const Tensor& positions,
   }
   Tensor q3 = q.view({n, h, dq});
   Tensor q_pe = q3.slice(2, dn, dq);
-  be.rope(q_pe, positions, cos_sin, c_.rope_interleave, false);
-  Tensor kv_a = be.empty({n, rkv + dr}), c_kv = be.empty({n, rkv}), rs = be.empty({n});
+  be.rope(q_pe, in.positions, in.cos_sin, c_.rope_interleave, false);
+  Tensor kv_a = be.empty({n, dim}), c_kv = be.empty({n, rkv}), rs = be.empty({n});
   be.matmul(x, false, w_.kv_a, true, kv_a);
   be.rmsnorm_forward(kv_a.slice(1, 0, rkv), w_.kv_a_norm, eps, c_kv, rs);
   Tensor k_pe = be.empty({n, 1, dr});
   Tensor k_pe2 = k_pe.select(1, 0);
-  be.copy(kv_a.slice(1, rkv, rkv + dr), k_pe2);
-  be.rope(k_pe, positions, cos_sin, c_.rope_interleave, false);
-  const int32_t* pos = positions.i32();
-  for (int64_t i = 0; i < n; ++i) {
-    float* dst = cache.latent(layer, seq_of[size_t(i)], pos[i]);
-    std::copy(c_kv.f32() + i * rkv, c_kv.f32() + (i + 1) * rkv, dst);
-    std::copy(k_pe.f32() + i * dr, k_pe.f32() + (i + 1) * dr, dst + rkv);
+  be.copy(kv_a.slice(1, rkv, dim), k_pe2);
+  be.rope(k_pe, in.positions, in.cos_sin, c_.rope_interleave, false);
+  const int32_t* pos = in.positions.i32();
+  for (size_t c = 0; c < chunks; ++c)
+    for (int64_t i = in.cu[c]; i < in.cu[c + 1]; ++i) {
+      float* dst = cache.latent(layer, in.seq[c], pos[i]);
+      std::copy_n(c_kv.f32() + i * rkv, rkv, dst);
+      std::copy_n(k_pe.f32() + i * dr, dr, dst + rkv);
+    }
+  // V3.2: the rows' keys, as the indexer selects them from the cached indexer keys.
+  std::vector<std::vector<int32_t>> sel;
+  if (indexer_) {
+    sel = indexer_->select_cached(be, x, qan, in, cache, layer);
+    if (in.dsa_topk) *in.dsa_topk = sel;
   }
-  // Absorb W_UK (the k_nope rows of kv_b_proj, per head [dn, rkv]) into the query.
-  Tensor q_lat = be.empty({n, h, rkv});
-  Tensor kvb3 = w_.kv_b.view({h, dn + dv, rkv});
-  for (int64_t hh = 0; hh < h; ++hh) {
-    Tensor ql = q_lat.select(1, hh);
-    be.matmul(q3.select(1, hh).slice(1, 0, dn), false, kvb3.select(0, hh).slice(0, 0, dn), false,
-              ql);
-  }
-  // Attention over the latent: score = q_lat . c_kv + q_pe . k_pe, one KV head for all heads.
-  Tensor o_lat = be.zeros({n, h, rkv});
+  auto keys_of = [&](int64_t i, std::vector<int32_t>& out) {
+    out.clear();
+    if (indexer_) {
+      out = sel[size_t(i)];
+    } else {
+      for (int32_t t = 0; t <= pos[i]; ++t) out.push_back(t);
+    }
+  };
   const float scale = float(c_.softmax_scale());
-  std::vector<float> sc;
-  for (int64_t i = 0; i < n; ++i) {
-    int64_t len = pos[i] + 1, s = seq_of[size_t(i)];
-    sc.resize(size_t(len));
+  auto softmax = [&](float* row, int64_t len) {
+    float mx = -INFINITY;
+    for (int64_t t = 0; t < len; ++t) mx = std::max(mx, row[t] *= scale);
+    double z = 0;
+    for (int64_t t = 0; t < len; ++t) z += row[t] = std::exp(row[t] - mx);
+    for (int64_t t = 0; t < len; ++t) row[t] = float(row[t] / z);
+  };
+  Tensor kvb3 = w_.kv_b.view({h, dn + dv, rkv});
+  Tensor attn = be.empty({n, h, dv});
+  std::vector<int32_t> keys;
+
+  // Absorbed chunks: score = (W_UK^T q_nope) . c_kv + q_pe . k_pe over the latent, one KV head for
+  // all heads; o = W_UV (sum_t p_t c_kv_t). Rows of MHA chunks are computed below and overwrite.
+  bool any_absorbed = std::find(in.mha.begin(), in.mha.end(), 0) != in.mha.end();
+  if (any_absorbed) {
+    Tensor q_cat = be.empty({n, h, dim});  // [W_UK^T q_nope ; q_pe] per head
     for (int64_t hh = 0; hh < h; ++hh) {
-      const float* ql = q_lat.f32() + (i * h + hh) * rkv;
-      const float* qp = q.f32() + i * h * dq + hh * dq + dn;
-      float mx = -INFINITY;
-      for (int64_t t = 0; t < len; ++t) {
-        const float* lat = cache.latent(layer, s, t);
-        double acc = 0;
-        for (int64_t r = 0; r < rkv; ++r) acc += double(ql[r]) * lat[r];
-        for (int64_t r = 0; r < dr; ++r) acc += double(qp[r]) * lat[rkv + r];
-        sc[size_t(t)] = float(acc) * scale;
-        mx = std::max(mx, sc[size_t(t)]);
-      }
-      double z = 0;
-      for (int64_t t = 0; t < len; ++t) z += sc[size_t(t)] = std::exp(sc[size_t(t)] - mx);
-      float* ol = o_lat.f32() + (i * h + hh) * rkv;
-      for (int64_t t = 0; t < len; ++t) {
-        const float* lat = cache.latent(layer, s, t);
-        float p = float(sc[size_t(t)] / z);
-        for (int64_t r = 0; r < rkv; ++r) ol[r] += p * lat[r];
+      Tensor ql = q_cat.select(1, hh).slice(1, 0, rkv);
+      be.matmul(q3.select(1, hh).slice(1, 0, dn), false, kvb3.select(0, hh).slice(0, 0, dn), false,
+                ql);
+    }
+    Tensor q_cat_pe = q_cat.slice(2, rkv, dim);
+    be.copy(q_pe, q_cat_pe);
+    Tensor o_lat = be.zeros({n, h, rkv});
+    for (size_t c = 0; c < chunks; ++c) {
+      if (in.mha[c]) continue;
+      for (int64_t i = in.cu[c]; i < in.cu[c + 1]; ++i) {
+        keys_of(i, keys);
+        int64_t m = int64_t(keys.size());
+        Tensor lat = Tensor::empty({m, dim}, DType::f32), sc = Tensor::empty({h, m}, DType::f32);
+        for (int64_t j = 0; j < m; ++j)
+          std::copy_n(cache.latent(layer, in.seq[c], keys[size_t(j)]), dim, lat.f32() + j * dim);
+        be.matmul(q_cat.select(0, i), false, lat, true, sc);
+        for (int64_t hh = 0; hh < h; ++hh) softmax(sc.f32() + hh * m, m);
+        Tensor ol = o_lat.select(0, i);
+        be.matmul(sc, false, lat.slice(1, 0, rkv), false, ol);
       }
     }
+    for (int64_t hh = 0; hh < h; ++hh) {
+      Tensor a = attn.select(1, hh);
+      be.matmul(o_lat.select(1, hh), false, kvb3.select(0, hh).slice(0, dn, dn + dv), true, a);
+    }
   }
-  // W_UV (the v rows of kv_b_proj, per head [dv, rkv]) after the attention.
-  Tensor attn = be.empty({n, h, dv});
-  for (int64_t hh = 0; hh < h; ++hh) {
-    Tensor a = attn.select(1, hh);
-    be.matmul(o_lat.select(1, hh), false, kvb3.select(0, hh).slice(0, dn, dn + dv), true, a);
+
+  // MHA chunks: decompress k_nope and v of the cached positions 0..last through kv_b_proj and
+  // attend per head over the allowed positions.
+  std::vector<uint8_t> allowed;
+  for (size_t c = 0; c < chunks; ++c) {
+    if (!in.mha[c]) continue;
+    int64_t r0 = in.cu[c], r1 = in.cu[c + 1], m = r1 - r0, len = int64_t(pos[r1 - 1]) + 1;
+    Tensor lat = Tensor::empty({len, dim}, DType::f32);
+    for (int64_t t = 0; t < len; ++t)
+      std::copy_n(cache.latent(layer, in.seq[c], t), dim, lat.f32() + t * dim);
+    Tensor kv = be.empty({len, h * (dn + dv)});
+    be.matmul(lat.slice(1, 0, rkv), false, w_.kv_b, true, kv);
+    Tensor kv3 = kv.view({len, h, dn + dv});
+    allowed.assign(size_t(m * len), 0);
+    for (int64_t i = r0; i < r1; ++i) {
+      keys_of(i, keys);
+      for (int32_t t : keys) allowed[size_t((i - r0) * len + t)] = 1;
+    }
+    Tensor sc = be.empty({m, len});
+    Tensor qc = q3.slice(0, r0, r1);
+    for (int64_t hh = 0; hh < h; ++hh) {
+      Tensor qh = qc.select(1, hh);
+      be.matmul(qh.slice(1, 0, dn), false, kv3.select(1, hh).slice(1, 0, dn), true, sc);
+      be.matmul(qh.slice(1, dn, dq), false, lat.slice(1, rkv, dim), true, sc, 1.0f, 1.0f);
+      for (int64_t r = 0; r < m; ++r) {
+        float* row = sc.f32() + r * len;
+        float mx = -INFINITY;
+        for (int64_t t = 0; t < len; ++t)
+          if (allowed[size_t(r * len + t)]) mx = std::max(mx, row[t] * scale);
+        double z = 0;
+        for (int64_t t = 0; t < len; ++t)
+          z += row[t] = allowed[size_t(r * len + t)] ? std::exp(row[t] * scale - mx) : 0.0f;
+        for (int64_t t = 0; t < len; ++t) row[t] = float(row[t] / z);
+      }
+      Tensor a = attn.slice(0, r0, r1).select(1, hh);
+      be.matmul(sc, false, kv3.select(1, hh).slice(1, dn, dn + dv), false, a);
+    }
   }
   be.matmul(attn.view({n, h * dv}), false, w_.o, true, y);
 }

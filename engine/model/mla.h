@@ -1,6 +1,7 @@
-// Multi-head Latent Attention in "MHA mode" (training and prefill): queries through an optional
-// low-rank q path, keys/values from a compressed latent c_kv plus one shared RoPE key per token.
-// Decode with weight absorption over the latent cache belongs to the generation engine.
+// Multi-head Latent Attention: "MHA mode" (training) with queries through an optional low-rank q
+// path and keys/values from a compressed latent c_kv plus one shared RoPE key per token; and the
+// inference path over the latent KV cache (prefill chunks in MHA mode, decode with weight
+// absorption, DSA over cached indexer keys). Not here: which tokens run together (scheduler).
 #pragma once
 
 #include <memory>
@@ -42,19 +43,32 @@ struct AttentionInputs {
   float indexer_kl_grad = 0;  // and accumulate its gradient times this (0 = no gradient)
 };
 
+// The rows of one cached forward, grouped in chunks: chunk c is rows cu[c] .. cu[c+1], new tokens
+// of one cache sequence at consecutive positions.
+struct CachedInputs {
+  Tensor positions;              // i32 [N]
+  Tensor cos_sin;                // rope table [P, dr/2, 2]
+  std::vector<int64_t> cu;       // chunk offsets, 0..N
+  std::vector<int64_t> seq;      // per chunk: its cache sequence
+  std::vector<uint8_t> mha;      // per chunk: 1 = MHA mode (decompress keys/values), 0 = absorbed
+  std::vector<int64_t> dsa_len;  // per chunk: the sequence length whose top-k tie-breaking the
+                                 // DSA selection of its rows reproduces (see Indexer)
+  std::vector<std::vector<int32_t>>* dsa_topk = nullptr;  // when set: each row's selection
+};
+
 class Mla {
  public:
   Mla(const ModelConfig& c, ParamSet& params, const std::string& prefix);
   // y = attention(x); x: [N, D] (already normed), y: [N, D].
   void forward(Backend& be, const Tensor& x, const AttentionInputs& in, Tensor& y, MlaSaved& s);
-  // Inference over the latent cache (MQA mode with weight absorption, REFERENCE.md §1): row i of
-  // x is token positions[i] of cache sequence seq_of[i]. Its latent [c_kv; rope(k_pe)] is written
-  // to the cache (room reserved by the caller), then it attends to positions 0..positions[i] of
-  // its sequence through W_UK folded into the query and W_UV applied after: the same function as
-  // forward(), computed over kv_lora_rank + qk_rope_head_dim values per cached token.
-  void forward_cached(Backend& be, const Tensor& x, const Tensor& positions,
-                      const std::vector<int64_t>& seq_of, LatentKvCache& cache, int64_t layer,
-                      const Tensor& cos_sin, Tensor& y);
+  // Inference over the latent cache: the rows' latents [c_kv; rope(k_pe)] (and, for V3.2, indexer
+  // keys) are written to the cache (room reserved by the caller), then each row attends to the
+  // cached positions 0..its own (or, with DSA, to the top-k of them its indexer scores select).
+  // MHA chunks decompress the cached latents through kv_b_proj and attend per head; absorbed
+  // chunks (REFERENCE.md §1) fold W_UK into the query, attend over the latent with one KV head
+  // shared by all heads and apply W_UV after. Both compute forward()'s function.
+  void forward_cached(Backend& be, const Tensor& x, const CachedInputs& in, LatentKvCache& cache,
+                      int64_t layer, Tensor& y);
   // dx = d/dx (overwritten); parameter gradients accumulate.
   void backward(Backend& be, const MlaSaved& s, const AttentionInputs& in, const Tensor& dy,
                 Tensor& dx);

@@ -10,6 +10,8 @@
 #include <random>
 
 #include "base/log.h"
+#include "engine/generate/kv_cache.h"
+#include "engine/model/dsa.h"
 #include "engine/model/rope_table.h"
 #include "engine/safetensors.h"
 
@@ -101,7 +103,11 @@ Model::Model(const ModelConfig& config, Backend& backend)
     head_ = p.value, g_head_ = p.grad;
   }
   for (auto& p : params_)
-    if (p.name.size() >= 11 && p.name.ends_with("norm.weight")) p.value.fill(1.0);
+    if (p.name.size() >= 11 && p.name.ends_with("norm.weight")) {
+      Tensor ones = Tensor::empty(p.value.shape(), DType::f32);  // host, then onto the backend
+      ones.fill(1.0);
+      be_->copy(ones, p.value);
+    }
 }
 
 Model::~Model() = default;
@@ -428,47 +434,108 @@ void Model::backward(const Tensor* dlogp) {
 }
 
 Tensor Model::forward_cached(LatentKvCache& cache, const std::vector<int64_t>& seqs,
-                             const std::vector<std::vector<int32_t>>& tokens) {
+                             const std::vector<std::vector<int32_t>>& tokens,
+                             const CachedForwardOptions& opt) {
   const ModelConfig& c = config_;
   Backend& be = *be_;
-  SHOAL_CHECK(seqs.size() == tokens.size(), "forward_cached: {} sequences, {} token lists",
-              seqs.size(), tokens.size());
-  int64_t n = 0, max_pos = 0;
+  SHOAL_CHECK(seqs.size() == tokens.size() && !seqs.empty(),
+              "forward_cached: {} sequences, {} token lists", seqs.size(), tokens.size());
+  SHOAL_CHECK(opt.dsa_len.empty() || opt.dsa_len.size() == seqs.size(),
+              "forward_cached: {} dsa lengths for {} sequences", opt.dsa_len.size(), seqs.size());
+  // DSA: a row whose top-k boundary is an exact tie may select differently at the new length (as
+  // the uncached forward over the longer sequence would). If any does, the sequence is recomputed
+  // from the earliest such row, so the cache always holds what a full forward computes.
+  std::vector<std::vector<int32_t>> feed(tokens.begin(), tokens.end());
+  std::vector<int64_t> from(seqs.size()), dsa_len(seqs.size());
+  int64_t n = 0, max_pos = 0, need = 0;
   for (size_t i = 0; i < seqs.size(); ++i) {
     SHOAL_CHECK(!tokens[i].empty(), "forward_cached: no new tokens for sequence {}", seqs[i]);
-    n += int64_t(tokens[i].size());
-    max_pos = std::max(max_pos, cache.length(seqs[i]) + int64_t(tokens[i].size()));
+    for (size_t j = 0; j < i; ++j)
+      SHOAL_CHECK(seqs[j] != seqs[i], "forward_cached: sequence {} appears twice", seqs[i]);
+    for (int32_t id : tokens[i])
+      SHOAL_CHECK(id >= 0 && id < c.vocab_size, "forward_cached: token {} outside [0, {})", id,
+                  c.vocab_size);
+    int64_t len = cache.length(seqs[i]), add = int64_t(tokens[i].size());
+    dsa_len[i] = std::max(len + add, opt.dsa_len.empty() ? 0 : opt.dsa_len[i]);
+    from[i] = len;
+    if (c.is_v32()) {
+      std::vector<int32_t> now;
+      for (const DsaTieRow& tie : cache.dsa_ties(seqs[i])) {
+        if (tie.pos >= from[i]) continue;
+        now.clear();
+        topk_row(tie.scores.data(), tie.pos, dsa_len[i], c.index_topk, now);
+        std::sort(now.begin(), now.end());
+        if (now != tie.selected) from[i] = tie.pos;
+      }
+    }
+    n += len - from[i] + add;
+    max_pos = std::max(max_pos, len + add);
+    need += cache.pages_needed_at(seqs[i], from[i], len - from[i] + add);
   }
   SHOAL_CHECK(max_pos <= c.max_position_embeddings,
               "forward_cached: {} positions exceed max_position_embeddings {}", max_pos,
               c.max_position_embeddings);
-  Tensor ids = Tensor::empty({n}, DType::i32), positions = Tensor::empty({n}, DType::i32);
-  std::vector<int64_t> seq_of;
+  SHOAL_CHECK(need <= cache.free_pages(),
+              "kv cache: this forward needs {} more pages, {} free (of {})", need,
+              cache.free_pages(), cache.total_pages());
+  Tensor ids = Tensor::empty({n}, DType::i32);
+  CachedInputs in;
+  in.positions = Tensor::empty({n}, DType::i32);
+  in.cu = {0};
+  std::vector<int64_t> wanted;  // rows of the requested tokens (not of recomputed ones)
   int64_t o = 0;
   for (size_t i = 0; i < seqs.size(); ++i) {
-    cache.reserve(seqs[i], int64_t(tokens[i].size()));
-    for (size_t j = 0; j < tokens[i].size(); ++j, ++o) {
-      ids.i32()[o] = tokens[i][j];
-      positions.i32()[o] = int32_t(cache.length(seqs[i]) + int64_t(j));
-      seq_of.push_back(seqs[i]);
+    int64_t len = cache.length(seqs[i]);
+    if (from[i] < len) {
+      const std::vector<int32_t>& known = cache.tokens(seqs[i]);
+      SHOAL_CHECK(int64_t(known.size()) == len, "kv cache: sequence {} has {} token ids for {}",
+                  seqs[i], known.size(), len);
+      feed[i].insert(feed[i].begin(), known.begin() + from[i], known.end());
+      cache.truncate(seqs[i], from[i]);
     }
+    cache.reserve(seqs[i], int64_t(feed[i].size()));
+    for (size_t j = 0; j < feed[i].size(); ++j, ++o) {
+      ids.i32()[o] = feed[i][j];
+      in.positions.i32()[o] = int32_t(from[i] + int64_t(j));
+      if (j + tokens[i].size() >= feed[i].size()) wanted.push_back(o);
+    }
+    in.cu.push_back(o);
+    in.seq.push_back(seqs[i]);
+    bool multi = feed[i].size() > 1;
+    in.mha.push_back(opt.attention == CachedAttention::mha ||
+                     (opt.attention == CachedAttention::automatic && multi));
+    in.dsa_len.push_back(dsa_len[i]);
   }
-  const Tensor& cos_sin = rope_table(max_pos);
+  in.cos_sin = rope_table(max_pos);
   const float eps = float(c.rms_norm_eps);
   int64_t d = c.hidden_size;
+  if (opt.routing) opt.routing->assign(layers_.size(), Tensor());
+  if (opt.dsa_topk) opt.dsa_topk->assign(layers_.size(), {});
   Tensor x = be.empty({n, d});
   be.embedding_forward(ids, embed_, x);
   Tensor xn = be.empty({n, d}), rstd = be.empty({n}), h1 = be.empty({n, d});
+  std::vector<std::vector<int32_t>> sel;
   for (size_t l = 0; l < layers_.size(); ++l) {
     Layer& L = *layers_[l];
     be.rmsnorm_forward(x, L.ln1, eps, xn, rstd);
-    L.attn->forward_cached(be, xn, positions, seq_of, cache, int64_t(l), cos_sin, h1);
+    in.dsa_topk = opt.dsa_topk ? &sel : nullptr;
+    L.attn->forward_cached(be, xn, in, cache, int64_t(l), h1);
+    if (opt.dsa_topk && c.is_v32())
+      for (int64_t r : wanted) (*opt.dsa_topk)[l].push_back(sel[size_t(r)]);
     be.add(h1, x);
     be.rmsnorm_forward(h1, L.ln2, eps, xn, rstd);
     Tensor out = be.empty({n, d});
     if (L.moe) {
-      MoeSaved unused;
-      L.moe->forward(be, xn, {0, n}, out, unused, nullptr, 0.0, /*count_load=*/false);
+      MoeSaved ms;
+      L.moe->forward(be, xn, {0, n}, out, ms, nullptr, 0.0, /*count_load=*/false);
+      if (opt.routing) {
+        Tensor all = be.to_host(ms.topk_idx);
+        int64_t k = all.size(1);
+        Tensor mine = Tensor::empty({int64_t(wanted.size()), k}, DType::i32);
+        for (size_t r = 0; r < wanted.size(); ++r)
+          std::copy_n(all.i32() + wanted[r] * k, k, mine.i32() + int64_t(r) * k);
+        (*opt.routing)[l] = mine;
+      }
     } else {
       SwiGluSaved unused;
       swiglu_forward(be, L.mlp, xn, out, unused, false);
@@ -476,10 +543,30 @@ Tensor Model::forward_cached(LatentKvCache& cache, const std::vector<int64_t>& s
     be.add(out, h1);
     x = out;
   }
-  be.rmsnorm_forward(x, norm_, eps, xn, rstd);
-  Tensor logits = be.empty({n, c.vocab_size});
-  be.matmul(xn, false, head_, true, logits);
-  for (size_t i = 0; i < seqs.size(); ++i) cache.advance(seqs[i], int64_t(tokens[i].size()));
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    cache.advance(seqs[i], int64_t(feed[i].size()));
+    auto& known = cache.tokens(seqs[i]);
+    known.insert(known.end(), feed[i].begin(), feed[i].end());
+  }
+  std::vector<int64_t> rows;
+  if (opt.last_logits_only) {
+    for (size_t i = 0; i < seqs.size(); ++i) rows.push_back(in.cu[i + 1] - 1);
+  } else {
+    rows = wanted;
+  }
+  if (int64_t(rows.size()) != n) {
+    Tensor picked = be.empty({int64_t(rows.size()), d});
+    for (size_t r = 0; r < rows.size(); ++r) {
+      Tensor dst = picked.select(0, int64_t(r));
+      be.copy(x.select(0, rows[r]), dst);
+    }
+    x = picked;
+  }
+  int64_t m = x.size(0);
+  Tensor xf = be.empty({m, d}), rf = be.empty({m});
+  be.rmsnorm_forward(x, norm_, eps, xf, rf);
+  Tensor logits = be.empty({m, c.vocab_size});
+  be.matmul(xf, false, head_, true, logits);
   return be.to_host(logits);
 }
 

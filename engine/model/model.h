@@ -1,8 +1,8 @@
 // The DeepSeek-V3 causal LM (REFERENCE.md §1): embedding, decoder layers (RMSNorm -> MLA ->
 // residual, RMSNorm -> dense SwiGLU or DeepSeekMoE -> residual), final RMSNorm, untied lm_head,
 // next-token cross-entropy. Forward saves what backward needs; backward is written out per layer
-// (no tape). Not here: decoding with a KV cache (generation engine), DSA (its own files), the
-// optimizer.
+// (no tape). forward_cached runs inference over the latent KV cache. Not here: scheduling and
+// sampling (engine/generate), DSA's indexer (its own files), the optimizer.
 #pragma once
 
 #include <memory>
@@ -62,6 +62,26 @@ struct ForwardResult {
   Tensor token_entropy;          // host f32 [N], when token_logprobs
 };
 
+// How a cached forward's chunks attend (Model::forward_cached).
+enum class CachedAttention {
+  automatic,  // chunks of several new tokens (prefill) in MHA mode, single tokens absorbed
+  absorbed,   // every chunk with weight absorption over the latent (MQA mode)
+  mha,        // every chunk in MHA mode (cached latents decompressed through kv_b_proj)
+};
+
+struct CachedForwardOptions {
+  CachedAttention attention = CachedAttention::automatic;
+  // DSA (V3.2): per sequence, the sequence length whose top-k tie-breaking the new rows' selection
+  // reproduces (0 or empty = the sequence's length after this forward, i.e. each decode row is
+  // selected as the last row of a full forward; a chunked prompt passes the prompt's length).
+  std::vector<int64_t> dsa_len;
+  bool last_logits_only = false;  // logits of each sequence's last new token only: [S, V]
+  // Outputs when set: per layer the expert ids i32 [N, K] (host; undefined for dense layers), and
+  // per layer the DSA selection of each new token.
+  std::vector<Tensor>* routing = nullptr;
+  std::vector<std::vector<std::vector<int32_t>>>* dsa_topk = nullptr;
+};
+
 class Model {
  public:
   Model(const ModelConfig& config, Backend& backend);
@@ -93,11 +113,12 @@ class Model {
   // token_logprobs, dlogp (host f32 [N]) gives d(objective)/d(log p) per token instead.
   void backward(const Tensor* dlogp = nullptr);
   // Inference with the latent KV cache: new tokens of several cached sequences (a prefill chunk or
-  // one decode token each) run through the model; each token's latents are appended to its
-  // sequence. Returns host logits [total new tokens, V], rows in input order. deepseek_v3 only
-  // for now (cached DSA decode is not implemented).
+  // one decode token each) run through the model; each token's latents (and V3.2 indexer keys)
+  // are appended to its sequence. Returns host logits [total new tokens, V], rows in input order
+  // (or [S, V] with last_logits_only). The pool must have room (LatentKvCache::pages_needed).
   Tensor forward_cached(LatentKvCache& cache, const std::vector<int64_t>& seqs,
-                        const std::vector<std::vector<int32_t>>& tokens);
+                        const std::vector<std::vector<int32_t>>& tokens,
+                        const CachedForwardOptions& options = {});
   // Auxiliary-loss-free balancing: router bias += gamma * sign(mean load - load) per MoE layer.
   void update_router_bias(double gamma);
 

@@ -25,4 +25,27 @@ void rmsnorm_forward_ref(const RmsNormParams& p);
 int rmsnorm_forward_cuda(const RmsNormParams& p, void* stream);
 #endif
 
+// Backward (rmsnorm_backward.cu; the CPU backend's rmsnorm_backward is its reference):
+// dx = rstd * (dy * w - x * rstd * mean(dy * w * x * rstd)) overwritten, dw += sum_rows(dy * x *
+// rstd). dw is reduced deterministically: per-chunk column sums into `scratch`
+// (norm_dw_scratch_floats(rows, dim) floats), then one pass over the chunks.
+struct RmsNormBackwardParams {
+  const float* dy = nullptr;    // [rows, dim], row stride dy_stride
+  const float* x = nullptr;     // [rows, dim], row stride x_stride
+  const float* w = nullptr;     // [dim]
+  const float* rstd = nullptr;  // [rows]
+  float* dx = nullptr;          // [rows, dim], row stride dx_stride
+  float* dw = nullptr;          // [dim], accumulated
+  float* scratch = nullptr;
+  int64_t rows = 0, dim = 0;
+  int64_t dy_stride = 0, x_stride = 0, dx_stride = 0;
+};
+int64_t norm_dw_chunks(int64_t rows);
+inline int64_t norm_dw_scratch_floats(int64_t rows, int64_t dim) {
+  return norm_dw_chunks(rows) * dim;
+}
+#ifdef SHOAL_HAVE_CUDA
+int rmsnorm_backward_cuda(const RmsNormBackwardParams& p, void* stream);
+#endif
+
 }  // namespace shoal::kernels

@@ -1,0 +1,1142 @@
+// The CUDA backend (cuda_backend.h): validates shapes on the host as the CPU backend does, packs
+// the kernels' parameter structs from Tensors and launches on the device's stream. GEMMs through
+// cuBLAS (f32, no TF32); every other op is a kernel under kernels/. Host-side inputs of the
+// interface (cu_seqlens, token sets) are uploaded per call; index tensors given on the host are
+// uploaded too. Input checks that need device data (ids, labels, expert and sparse indices) run in
+// the kernels and surface at the next synchronisation (cuda_context.h).
+#include "engine/cuda/cuda_backend.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+
+#include "engine/cuda/cuda_check.h"
+#include "engine/cuda/cuda_context.h"
+#include "kernels/attention/attention.h"
+#include "kernels/elementwise/elementwise.h"
+#include "kernels/indexer/indexer.h"
+#include "kernels/indexer/topk_select.h"
+#include "kernels/loss/loss.h"
+#include "kernels/memory/copy.h"
+#include "kernels/moe/moe.h"
+#include "kernels/norm/layernorm.h"
+#include "kernels/norm/rmsnorm.h"
+#include "kernels/optim/adamw.h"
+#include "kernels/rope/rope.h"
+#include "kernels/rows/row_ops.h"
+
+namespace shoal {
+namespace {
+
+using cuda::FaultOp;
+
+int32_t op_id(FaultOp op) {
+  return int32_t(op);
+}
+
+void check_dev(const Tensor& t, const char* what) {
+  SHOAL_CHECK(t.defined(), "{}: undefined tensor", what);
+  SHOAL_CHECK(t.device() == Device::cuda, "{}: tensor {} is not on the CUDA device", what,
+              t.describe());
+}
+void check_f32(const Tensor& t, const char* what) {
+  check_dev(t, what);
+  SHOAL_CHECK(t.dtype() == DType::f32, "{}: expected f32, got {}", what, t.describe());
+}
+void check_contig_f32(const Tensor& t, const char* what) {
+  check_f32(t, what);
+  SHOAL_CHECK(t.is_contiguous(), "{}: expected a contiguous tensor, got {}", what, t.describe());
+}
+void check_rows(const Tensor& t, const char* what) {
+  check_f32(t, what);
+  SHOAL_CHECK(t.ndim() == 2 && (t.stride(1) == 1 || t.size(1) <= 1),
+              "{}: expected a 2-D tensor with unit last stride, got {} strides {}", what,
+              t.describe(), shape_str(t.strides()));
+}
+int64_t row_stride(const Tensor& t) {
+  return std::max<int64_t>(t.stride(0), t.size(1));
+}
+void check_cu(const std::vector<int64_t>& cu, int64_t n, const char* what) {
+  SHOAL_CHECK(cu.size() >= 2 && cu.front() == 0 && cu.back() == n,
+              "{}: cu_seqlens must run from 0 to N = {}", what, n);
+  for (size_t i = 1; i < cu.size(); ++i)
+    SHOAL_CHECK(cu[i] >= cu[i - 1], "{}: cu_seqlens must be non-decreasing", what);
+}
+int64_t packed_square_size(const std::vector<int64_t>& cu) {
+  int64_t total = 0;
+  for (size_t s = 0; s + 1 < cu.size(); ++s) total += (cu[s + 1] - cu[s]) * (cu[s + 1] - cu[s]);
+  return total;
+}
+
+kernels::ElemType elem_type(DType t) {
+  switch (t) {
+    case DType::f32:
+      return kernels::ElemType::f32;
+    case DType::f64:
+      return kernels::ElemType::f64;
+    case DType::bf16:
+      return kernels::ElemType::bf16;
+    case DType::f16:
+      return kernels::ElemType::f16;
+    case DType::f8e4m3:
+      return kernels::ElemType::f8e4m3;
+    case DType::i32:
+      return kernels::ElemType::i32;
+    case DType::i64:
+      return kernels::ElemType::i64;
+    case DType::u8:
+    case DType::boolean:
+      return kernels::ElemType::u8;
+    case DType::f8e5m2:
+      break;
+  }
+  SHOAL_FAIL("CUDA copy: dtype {} is not supported on the device yet", dtype_name(t));
+}
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device) : ctx_(cuda::context(device)) {}
+
+  Device device() const override { return Device::cuda; }
+  Allocator& allocator() override { return *ctx_.allocator; }
+
+  // ---------------------------------------------------------------- memory
+
+  void zero(Tensor& t) override {
+    check_dev(t, "zero");
+    if (t.numel() == 0) return;
+    if (t.is_contiguous()) {
+      SHOAL_CUDA_CHECK(cudaMemsetAsync(t.raw(), 0, t.nbytes(), stream()));
+      return;
+    }
+    kernels::StridedCopyParams p = strided(t, t);
+    SHOAL_CUDA_CHECK(kernels::strided_zero_cuda(p, stream()));
+  }
+
+  void copy(const Tensor& src, Tensor& dst) override {
+    SHOAL_CHECK(src.defined() && dst.defined(), "copy: undefined tensor");
+    SHOAL_CHECK(src.shape() == dst.shape(), "copy between shapes {} and {}", shape_str(src.shape()),
+                shape_str(dst.shape()));
+    const bool sd = src.device() == Device::cuda, dd = dst.device() == Device::cuda;
+    if (!sd && !dd) {
+      dst.copy_from(src);
+      return;
+    }
+    if (sd && !dd) {
+      Tensor h = to_host(src);
+      dst.copy_from(h);
+      return;
+    }
+    if (!sd) {  // host -> device: convert on the host, upload, then place on the device
+      Tensor h = src.dtype() == dst.dtype() ? src.contiguous() : src.to(dst.dtype());
+      if (dst.is_contiguous()) {
+        upload(h, dst.raw());
+        return;
+      }
+      Tensor tmp = from_host(h);
+      copy(tmp, dst);
+      return;
+    }
+    if (src.numel() == 0) return;
+    if (src.dtype() == dst.dtype() && src.is_contiguous() && dst.is_contiguous()) {
+      SHOAL_CUDA_CHECK(
+          cudaMemcpyAsync(dst.raw(), src.raw(), src.nbytes(), cudaMemcpyDeviceToDevice, stream()));
+      return;
+    }
+    SHOAL_CUDA_CHECK(kernels::strided_copy_cuda(strided(src, dst), stream()));
+  }
+
+  Tensor to_host(const Tensor& t) override {
+    SHOAL_CHECK(t.defined(), "to_host: undefined tensor");
+    if (t.device() == Device::cpu) return t.clone();
+    Tensor c = t;
+    if (!t.is_contiguous()) {
+      c = empty(t.shape(), t.dtype());
+      copy(t, c);
+    }
+    Tensor h = Tensor::empty(t.shape(), t.dtype());
+    if (h.nbytes() > 0)
+      SHOAL_CUDA_CHECK(
+          cudaMemcpyAsync(h.raw(), c.raw(), h.nbytes(), cudaMemcpyDeviceToHost, stream()));
+    cuda::synchronize_and_check(ctx_);
+    return h;
+  }
+
+  Tensor from_host(const Tensor& t) override {
+    SHOAL_CHECK(t.defined(), "from_host: undefined tensor");
+    Tensor d = empty(t.shape(), t.dtype());
+    if (t.device() == Device::cuda) {
+      copy(t, d);
+      return d;
+    }
+    upload(t.contiguous(), d.raw());
+    return d;
+  }
+
+  // ---------------------------------------------------------------- dense algebra
+
+  void matmul(const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c, float alpha,
+              float beta) override {
+    check_rows(a, "matmul a");
+    check_rows(b, "matmul b");
+    check_rows(c, "matmul c");
+    const int64_t m = ta ? a.size(1) : a.size(0), k = ta ? a.size(0) : a.size(1);
+    const int64_t kb = tb ? b.size(1) : b.size(0), n = tb ? b.size(0) : b.size(1);
+    SHOAL_CHECK(k == kb && c.size(0) == m && c.size(1) == n, "matmul shapes: {}{} x {}{} -> {}",
+                a.describe(), ta ? "^T" : "", b.describe(), tb ? "^T" : "", c.describe());
+    if (m == 0 || n == 0) return;
+    if (k == 0) {  // c = beta * c
+      if (beta != 1.0f)
+        SHOAL_CUDA_CHECK(
+            kernels::scale_rows_strided_cuda(c.f32(), m, n, row_stride(c), beta, stream()));
+      return;
+    }
+    SHOAL_CHECK(m <= INT32_MAX && n <= INT32_MAX && k <= INT32_MAX, "matmul: dims exceed int32");
+    // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
+    SHOAL_CUBLAS_CHECK(cublasSgemm(ctx_.cublas, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                   ta ? CUBLAS_OP_T : CUBLAS_OP_N, int(n), int(m), int(k), &alpha,
+                                   b.f32(), int(row_stride(b)), a.f32(), int(row_stride(a)), &beta,
+                                   c.f32(), int(row_stride(c))));
+  }
+
+  void add(Tensor& y, const Tensor& x, float alpha) override {
+    check_f32(y, "add y");
+    check_f32(x, "add x");
+    SHOAL_CHECK(y.shape() == x.shape(), "add: {} vs {}", y.describe(), x.describe());
+    kernels::AddParams p;
+    p.y = y.f32();
+    p.x = x.f32();
+    p.alpha = alpha;
+    if (y.is_contiguous() && x.is_contiguous()) {
+      p.d2 = y.numel();
+    } else {
+      SHOAL_CHECK(y.ndim() >= 1 && y.ndim() <= 3 && y.stride(-1) == 1 && x.stride(-1) == 1,
+                  "add: strided operands must be 1-3-D with unit last stride: {} += {}",
+                  y.describe(), x.describe());
+      const int nd = y.ndim();
+      p.d0 = nd == 3 ? y.size(0) : 1;
+      p.d1 = nd >= 2 ? y.size(-2) : 1;
+      p.d2 = y.size(-1);
+      p.y_s0 = nd == 3 ? y.stride(0) : 0;
+      p.x_s0 = nd == 3 ? x.stride(0) : 0;
+      p.y_s1 = nd >= 2 ? y.stride(-2) : 0;
+      p.x_s1 = nd >= 2 ? x.stride(-2) : 0;
+    }
+    SHOAL_CUDA_CHECK(kernels::add_cuda(p, stream()));
+  }
+
+  void scale(Tensor& y, float s) override {
+    check_contig_f32(y, "scale");
+    SHOAL_CUDA_CHECK(kernels::scale_cuda(y.f32(), y.numel(), s, stream()));
+  }
+
+  double sum_squares(const Tensor& x) override {
+    check_contig_f32(x, "sum_squares");
+    Tensor scratch = empty({kernels::kSumSquaresBlocks + 1}, DType::f64);
+    double* partials = scratch.f64();
+    SHOAL_CUDA_CHECK(kernels::sum_squares_cuda(x.numel() ? x.f32() : nullptr, x.numel(), partials,
+                                               partials + kernels::kSumSquaresBlocks, stream()));
+    double out = 0;
+    SHOAL_CUDA_CHECK(cudaMemcpyAsync(&out, partials + kernels::kSumSquaresBlocks, sizeof(double),
+                                     cudaMemcpyDeviceToHost, stream()));
+    cuda::synchronize_and_check(ctx_);
+    return out;
+  }
+
+  // ---------------------------------------------------------------- normalization
+
+  void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y,
+                       Tensor& rstd) override {
+    check_rows(x, "rmsnorm x");
+    check_rows(y, "rmsnorm y");
+    check_contig_f32(w, "rmsnorm w");
+    check_contig_f32(rstd, "rmsnorm rstd");
+    const int64_t n = x.size(0), d = x.size(1);
+    SHOAL_CHECK(w.numel() == d && y.shape() == x.shape() && rstd.numel() == n,
+                "rmsnorm shapes: x {} w {} y {} rstd {}", x.describe(), w.describe(), y.describe(),
+                rstd.describe());
+    if (n == 0) return;
+    kernels::RmsNormParams p;
+    p.x = x.f32();
+    p.w = w.f32();
+    p.y = y.f32();
+    p.rstd = rstd.f32();
+    p.rows = n;
+    p.dim = d;
+    p.x_stride = row_stride(x);
+    p.y_stride = row_stride(y);
+    p.eps = eps;
+    SHOAL_CUDA_CHECK(kernels::rmsnorm_forward_cuda(p, stream()));
+  }
+
+  void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& rstd,
+                        Tensor& dx, Tensor& dw) override {
+    check_rows(dy, "rmsnorm dy");
+    check_rows(x, "rmsnorm x");
+    check_rows(dx, "rmsnorm dx");
+    check_contig_f32(w, "rmsnorm w");
+    check_contig_f32(dw, "rmsnorm dw");
+    check_contig_f32(rstd, "rmsnorm rstd");
+    const int64_t n = x.size(0), d = x.size(1);
+    SHOAL_CHECK(dy.shape() == x.shape() && dx.shape() == x.shape() && dw.numel() == d &&
+                    w.numel() == d && rstd.numel() == n,
+                "rmsnorm backward shapes");
+    if (n == 0 || d == 0) return;
+    Tensor scratch = empty({kernels::norm_dw_scratch_floats(n, d)});
+    kernels::RmsNormBackwardParams p;
+    p.dy = dy.f32();
+    p.x = x.f32();
+    p.w = w.f32();
+    p.rstd = rstd.f32();
+    p.dx = dx.f32();
+    p.dw = dw.f32();
+    p.scratch = scratch.f32();
+    p.rows = n;
+    p.dim = d;
+    p.dy_stride = row_stride(dy);
+    p.x_stride = row_stride(x);
+    p.dx_stride = row_stride(dx);
+    SHOAL_CUDA_CHECK(kernels::rmsnorm_backward_cuda(p, stream()));
+  }
+
+  // ---------------------------------------------------------------- rotary embedding
+
+  void rope(Tensor& x, const Tensor& positions, const Tensor& cos_sin, bool interleaved,
+            bool inverse) override {
+    check_f32(x, "rope x");
+    check_contig_f32(cos_sin, "rope table");
+    SHOAL_CHECK(x.ndim() == 3 && x.stride(2) == 1,
+                "rope: x must be [N, H, d] with unit last stride, got {}", x.describe());
+    SHOAL_CHECK(positions.dtype() == DType::i32 && positions.numel() == x.size(0),
+                "rope: positions must be i32[{}], got {}", x.size(0), positions.describe());
+    const int64_t d = x.size(2), half = d / 2;
+    SHOAL_CHECK(
+        d % 2 == 0 && cos_sin.ndim() == 3 && cos_sin.size(1) == half && cos_sin.size(2) == 2,
+        "rope: table {} does not match head dim {}", cos_sin.describe(), d);
+    Tensor pos = on_device(positions, "rope positions");
+    kernels::RopeParams p;
+    p.x = x.f32();
+    p.n = x.size(0);
+    p.heads = x.size(1);
+    p.dim = d;
+    p.stride_n = x.stride(0);
+    p.stride_h = x.stride(1);
+    p.positions = pos.i32();
+    p.table = cos_sin.f32();
+    p.max_pos = cos_sin.size(0);
+    p.interleaved = interleaved;
+    p.inverse = inverse;
+    p.status = ctx_.status;
+    p.op = op_id(FaultOp::rope);
+    SHOAL_CUDA_CHECK(kernels::rope_cuda(p, stream()));
+  }
+
+  // ---------------------------------------------------------------- attention
+
+  void check_attention(const Tensor& q, const Tensor& k, const Tensor& v,
+                       const std::vector<int64_t>& cu, const Tensor& out, const Tensor& lse) {
+    for (const Tensor* t : {&q, &k, &v, &out}) {
+      check_f32(*t, "attention");
+      SHOAL_CHECK(t->ndim() == 3 && t->stride(2) == 1,
+                  "attention: operands must be [N, H, d] with unit last stride, got {}",
+                  t->describe());
+    }
+    const int64_t n = q.size(0), h = q.size(1);
+    SHOAL_CHECK(k.size(0) == n && v.size(0) == n && k.size(1) == h && v.size(1) == h &&
+                    k.size(2) == q.size(2) && out.size(0) == n && out.size(1) == h &&
+                    out.size(2) == v.size(2),
+                "attention shapes: q {} k {} v {} out {}", q.describe(), k.describe(), v.describe(),
+                out.describe());
+    SHOAL_CHECK(
+        q.size(2) <= kernels::kAttentionMaxHeadDim && v.size(2) <= kernels::kAttentionMaxHeadDim,
+        "attention: head dims {} / {} exceed the CUDA kernel's {}", q.size(2), v.size(2),
+        kernels::kAttentionMaxHeadDim);
+    check_contig_f32(lse, "attention lse");
+    SHOAL_CHECK(lse.numel() == h * n, "attention: lse {} must hold H*N = {}", lse.describe(),
+                h * n);
+    check_cu(cu, n, "attention");
+  }
+
+  // Uploads cu_seqlens followed by each sequence's offset in the packed [L, L] blocks: i64[2(S+1)].
+  Tensor upload_seqs(const std::vector<int64_t>& cu) {
+    std::vector<int64_t> host(cu);
+    int64_t off = 0;
+    for (size_t s = 0; s + 1 < cu.size(); ++s) {
+      host.push_back(off);
+      off += (cu[s + 1] - cu[s]) * (cu[s + 1] - cu[s]);
+    }
+    host.push_back(off);
+    Tensor d = empty({int64_t(host.size())}, DType::i64);
+    SHOAL_CUDA_CHECK(cudaMemcpyAsync(d.raw(), host.data(), host.size() * sizeof(int64_t),
+                                     cudaMemcpyHostToDevice, stream()));
+    return d;
+  }
+
+  Tensor sparse_on_device(const Tensor* idx, int64_t n) {
+    if (!idx) return {};
+    SHOAL_CHECK(
+        idx->dtype() == DType::i32 && idx->ndim() == 2 && idx->size(0) == n && idx->is_contiguous(),
+        "sparse attention: indices must be contiguous i32[{}, K], got {}", n, idx->describe());
+    SHOAL_CHECK(idx->size(1) >= 1, "sparse attention: K must be >= 1");
+    return on_device(*idx, "sparse attention indices");
+  }
+
+  kernels::AttentionParams attention_params(const Tensor& q, const Tensor& k, const Tensor& v,
+                                            const Tensor& seqs, int64_t n_seqs, float scale,
+                                            const Tensor& sparse, FaultOp op) {
+    kernels::AttentionParams p;
+    p.q = q.f32();
+    p.k = k.f32();
+    p.v = v.defined() ? v.f32() : nullptr;
+    p.q_sn = q.stride(0);
+    p.q_sh = q.stride(1);
+    p.k_sn = k.stride(0);
+    p.k_sh = k.stride(1);
+    if (v.defined()) {
+      p.v_sn = v.stride(0);
+      p.v_sh = v.stride(1);
+      p.dv = v.size(2);
+    }
+    p.n = q.size(0);
+    p.heads = q.size(1);
+    p.dk = q.size(2);
+    p.cu_seqlens = seqs.i64();
+    p.n_seqs = n_seqs;
+    if (sparse.defined()) {
+      p.sparse_idx = sparse.i32();
+      p.topk = sparse.size(1);
+    }
+    p.scale = scale;
+    p.status = ctx_.status;
+    p.op = op_id(op);
+    return p;
+  }
+
+  void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v,
+                         const std::vector<int64_t>& cu, float scale, Tensor& out, Tensor& lse,
+                         const Tensor* sparse_idx) override {
+    check_attention(q, k, v, cu, out, lse);
+    Tensor sparse = sparse_on_device(sparse_idx, q.size(0));
+    Tensor seqs = upload_seqs(cu);
+    auto p = attention_params(q, k, v, seqs, int64_t(cu.size()) - 1, scale, sparse,
+                              FaultOp::attention_forward);
+    p.out = out.f32();
+    p.o_sn = out.stride(0);
+    p.o_sh = out.stride(1);
+    p.lse = lse.f32();
+    SHOAL_CUDA_CHECK(kernels::attention_forward_cuda(p, stream()));
+  }
+
+  void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                          const Tensor& dout, const Tensor& lse, const std::vector<int64_t>& cu,
+                          float scale, Tensor& dq, Tensor& dk, Tensor& dv,
+                          const Tensor* sparse_idx) override {
+    check_attention(q, k, v, cu, out, lse);
+    check_attention(dq, dk, dv, cu, dout, lse);
+    Tensor sparse = sparse_on_device(sparse_idx, q.size(0));
+    Tensor seqs = upload_seqs(cu);
+    auto p = attention_params(q, k, v, seqs, int64_t(cu.size()) - 1, scale, sparse,
+                              FaultOp::attention_backward);
+    p.out = out.f32();
+    p.o_sn = out.stride(0);
+    p.o_sh = out.stride(1);
+    p.lse = lse.f32();
+    p.dout = dout.f32();
+    p.do_sn = dout.stride(0);
+    p.do_sh = dout.stride(1);
+    p.dq = dq.f32();
+    p.dq_sn = dq.stride(0);
+    p.dq_sh = dq.stride(1);
+    p.dkk = dk.f32();
+    p.dk_sn = dk.stride(0);
+    p.dk_sh = dk.stride(1);
+    p.dvv = dv.f32();
+    p.dv_sn = dv.stride(0);
+    p.dv_sh = dv.stride(1);
+    SHOAL_CUDA_CHECK(kernels::attention_backward_cuda(p, stream()));
+  }
+
+  void attention_head_sum_probs(const Tensor& q, const Tensor& k, const Tensor& lse,
+                                const std::vector<int64_t>& cu, float scale,
+                                const Tensor* sparse_idx, Tensor& p) override {
+    check_f32(q, "attention_head_sum_probs q");
+    check_f32(k, "attention_head_sum_probs k");
+    const int64_t n = q.size(0), heads = q.size(1), dk = q.size(2);
+    SHOAL_CHECK(q.ndim() == 3 && k.ndim() == 3 && q.stride(2) == 1 && k.stride(2) == 1 &&
+                    k.size(0) == n && k.size(1) == heads && k.size(2) == dk,
+                "attention_head_sum_probs: q {} k {}", q.describe(), k.describe());
+    check_contig_f32(lse, "attention_head_sum_probs lse");
+    check_contig_f32(p, "attention_head_sum_probs p");
+    check_cu(cu, n, "attention_head_sum_probs");
+    SHOAL_CHECK(p.numel() == packed_square_size(cu),
+                "attention_head_sum_probs: p holds {}, the batch needs {}", p.numel(),
+                packed_square_size(cu));
+    Tensor sparse = sparse_on_device(sparse_idx, n);
+    Tensor seqs = upload_seqs(cu);
+    const int64_t n_seqs = int64_t(cu.size()) - 1;
+    auto ap = attention_params(q, k, Tensor(), seqs, n_seqs, scale, sparse,
+                               FaultOp::attention_head_sum_probs);
+    ap.lse = lse.f32();
+    SHOAL_CUDA_CHECK(
+        kernels::attention_head_sum_probs_cuda(ap, seqs.i64() + n_seqs + 1, p.f32(), stream()));
+  }
+
+  // ---------------------------------------------------------------- DSA indexer
+
+  void check_indexer(const Tensor& q, const Tensor& k, const Tensor& w,
+                     const std::vector<int64_t>& cu) {
+    check_f32(q, "indexer q");
+    check_rows(k, "indexer k");
+    check_rows(w, "indexer weights");
+    const int64_t n = q.size(0);
+    SHOAL_CHECK(q.ndim() == 3 && q.stride(2) == 1 && k.size(0) == n && k.size(1) == q.size(2) &&
+                    w.size(0) == n && w.size(1) == q.size(1),
+                "indexer shapes: q {} k {} w {}", q.describe(), k.describe(), w.describe());
+    SHOAL_CHECK(q.size(2) <= kernels::kIndexerMaxHeadDim,
+                "indexer: head dim {} exceeds the CUDA kernel's {}", q.size(2),
+                kernels::kIndexerMaxHeadDim);
+    check_cu(cu, n, "indexer");
+  }
+
+  kernels::IndexerParams indexer_params(const Tensor& q, const Tensor& k, const Tensor& w,
+                                        const Tensor& seqs, int64_t n_seqs, float scale) {
+    kernels::IndexerParams p;
+    p.q = q.f32();
+    p.q_sn = q.stride(0);
+    p.q_sh = q.stride(1);
+    p.k = k.f32();
+    p.k_s = row_stride(k);
+    p.w = w.f32();
+    p.w_s = row_stride(w);
+    p.n = q.size(0);
+    p.heads = q.size(1);
+    p.dim = q.size(2);
+    p.cu_seqlens = seqs.i64();
+    p.sq_offsets = seqs.i64() + n_seqs + 1;
+    p.n_seqs = n_seqs;
+    p.scale = scale;
+    return p;
+  }
+
+  void indexer_scores(const Tensor& q, const Tensor& k, const Tensor& w,
+                      const std::vector<int64_t>& cu, float scale, Tensor& out) override {
+    check_indexer(q, k, w, cu);
+    check_contig_f32(out, "indexer scores");
+    SHOAL_CHECK(out.numel() == packed_square_size(cu), "indexer scores: {} for {} packed",
+                out.describe(), packed_square_size(cu));
+    Tensor seqs = upload_seqs(cu);
+    auto p = indexer_params(q, k, w, seqs, int64_t(cu.size()) - 1, scale);
+    p.scores = out.f32();
+    SHOAL_CUDA_CHECK(kernels::indexer_scores_cuda(p, stream()));
+  }
+
+  void indexer_scores_backward(const Tensor& q, const Tensor& k, const Tensor& w,
+                               const std::vector<int64_t>& cu, float scale, const Tensor& dsc,
+                               Tensor& dq, Tensor& dk, Tensor& dw) override {
+    check_indexer(q, k, w, cu);
+    check_indexer(dq, dk, dw, cu);
+    check_contig_f32(dsc, "indexer dscores");
+    SHOAL_CHECK(dsc.numel() == packed_square_size(cu), "indexer dscores size");
+    Tensor seqs = upload_seqs(cu);
+    auto p = indexer_params(q, k, w, seqs, int64_t(cu.size()) - 1, scale);
+    p.dscores = dsc.f32();
+    p.dq = dq.f32();
+    p.dq_sn = dq.stride(0);
+    p.dq_sh = dq.stride(1);
+    p.dk = dk.f32();
+    p.dk_s = row_stride(dk);
+    p.dw = dw.f32();
+    p.dw_s = row_stride(dw);
+    SHOAL_CUDA_CHECK(kernels::indexer_scores_backward_cuda(p, stream()));
+  }
+
+  void topk_rows(const Tensor& sc, const std::vector<int64_t>& cu, int64_t k,
+                 Tensor& idx) override {
+    check_contig_f32(sc, "topk scores");
+    check_dev(idx, "topk idx");
+    SHOAL_CHECK(k >= 1, "topk_rows: k must be >= 1, got {}", k);
+    SHOAL_CHECK(!cu.empty(), "topk_rows: empty cu_seqlens");
+    check_cu(cu, cu.back(), "topk_rows");
+    const int64_t n = cu.back();
+    SHOAL_CHECK(sc.numel() == packed_square_size(cu) && idx.dtype() == DType::i32 &&
+                    idx.numel() == n * k && idx.is_contiguous(),
+                "topk_rows: scores {} idx {} for k {}", sc.describe(), idx.describe(), k);
+    int64_t max_len = 0;
+    for (size_t s = 0; s + 1 < cu.size(); ++s) max_len = std::max(max_len, cu[s + 1] - cu[s]);
+    if (max_len == 0) return;
+    // Each row is selected in its own slice of scratch: bound the scratch, take rows in chunks.
+    constexpr int64_t kScratchItems = int64_t(1) << 24;  // 256 MiB of 16-byte items
+    const int64_t items = std::min(max_len * max_len, std::max(kScratchItems, max_len));
+    static_assert(sizeof(kernels::topk::Item) == 16, "topk item layout");
+    Tensor scratch = empty({items * 2}, DType::f64);  // 16 bytes per item
+    kernels::TopkParams p;
+    p.scores = sc.f32();
+    p.idx = idx.i32();
+    p.k = k;
+    p.scratch = scratch.raw();
+    p.scratch_items = items;
+    int64_t off = 0;
+    for (size_t s = 0; s + 1 < cu.size(); ++s) {
+      const int64_t len = cu[s + 1] - cu[s];
+      const int64_t rows_per_chunk = std::max<int64_t>(1, items / std::max<int64_t>(len, 1));
+      for (int64_t r0 = 0; r0 < len; r0 += rows_per_chunk)
+        SHOAL_CUDA_CHECK(kernels::topk_rows_cuda(p, cu[s], len, off, r0,
+                                                 std::min(len, r0 + rows_per_chunk), stream()));
+      off += len * len;
+    }
+  }
+
+  double indexer_kl(const Tensor& p, const Tensor& sc, const std::vector<int64_t>& cu,
+                    const Tensor* sparse_idx, float grad_scale, Tensor& dsc) override {
+    check_contig_f32(p, "indexer_kl p");
+    check_contig_f32(sc, "indexer_kl scores");
+    check_contig_f32(dsc, "indexer_kl dscores");
+    SHOAL_CHECK(!cu.empty(), "indexer_kl: empty cu_seqlens");
+    check_cu(cu, cu.back(), "indexer_kl");
+    const int64_t total = packed_square_size(cu), n = cu.back();
+    SHOAL_CHECK(p.numel() == total && sc.numel() == total && dsc.numel() == total,
+                "indexer_kl: p {} scores {} dscores {} for {} packed", p.describe(), sc.describe(),
+                dsc.describe(), total);
+    if (n == 0) return 0.0;
+    Tensor sparse = sparse_on_device(sparse_idx, n);
+    Tensor seqs = upload_seqs(cu);
+    Tensor row_kl = empty({n}, DType::f64);
+    kernels::IndexerKlParams kp;
+    kp.p = p.f32();
+    kp.scores = sc.f32();
+    kp.dscores = dsc.f32();
+    kp.row_kl = row_kl.f64();
+    kp.n = n;
+    kp.n_seqs = int64_t(cu.size()) - 1;
+    kp.cu_seqlens = seqs.i64();
+    kp.sq_offsets = seqs.i64() + kp.n_seqs + 1;
+    if (sparse.defined()) {
+      kp.sparse_idx = sparse.i32();
+      kp.topk = sparse.size(1);
+    }
+    kp.grad_scale = grad_scale;
+    kp.status = ctx_.status;
+    kp.op = op_id(FaultOp::indexer_kl);
+    SHOAL_CUDA_CHECK(kernels::indexer_kl_cuda(kp, stream()));
+    Tensor h = to_host(row_kl);  // synchronises and checks faults
+    double kl = 0;
+    for (int64_t i = 0; i < n; ++i) kl += h.f64()[i];
+    return kl;
+  }
+
+  void hadamard_fp8(Tensor& x, bool hadamard, bool fp8) override {
+    check_rows(x, "hadamard_fp8");
+    const int64_t d = x.size(1);
+    SHOAL_CHECK(!hadamard || (d > 0 && (d & (d - 1)) == 0),
+                "hadamard_fp8: the Hadamard transform needs a power-of-two width, got {}", d);
+    SHOAL_CHECK(d <= 16384, "hadamard_fp8: width {} exceeds the CUDA kernel's 16384", d);
+    const float norm = float(1.0 / std::sqrt(double(d)));
+    SHOAL_CUDA_CHECK(kernels::hadamard_fp8_cuda(x.f32(), x.size(0), d, row_stride(x), hadamard, fp8,
+                                                norm, stream()));
+  }
+
+  // ---------------------------------------------------------------- layernorm
+
+  void layernorm_forward(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Tensor& y,
+                         Tensor& mean, Tensor& rstd) override {
+    check_rows(x, "layernorm x");
+    check_rows(y, "layernorm y");
+    for (const Tensor* t : {&w, &b, (const Tensor*)&mean, (const Tensor*)&rstd})
+      check_contig_f32(*t, "layernorm");
+    const int64_t n = x.size(0), d = x.size(1);
+    SHOAL_CHECK(w.numel() == d && b.numel() == d && y.shape() == x.shape() && mean.numel() == n &&
+                    rstd.numel() == n,
+                "layernorm shapes: x {} w {} b {} y {}", x.describe(), w.describe(), b.describe(),
+                y.describe());
+    kernels::LayerNormParams p;
+    p.x = x.f32();
+    p.w = w.f32();
+    p.b = b.f32();
+    p.y = y.f32();
+    p.mean = mean.f32();
+    p.rstd = rstd.f32();
+    p.rows = n;
+    p.dim = d;
+    p.x_stride = row_stride(x);
+    p.y_stride = row_stride(y);
+    p.eps = eps;
+    SHOAL_CUDA_CHECK(kernels::layernorm_forward_cuda(p, stream()));
+  }
+
+  void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& w, const Tensor& mean,
+                          const Tensor& rstd, Tensor& dx, Tensor& dw, Tensor& db) override {
+    check_rows(dy, "layernorm dy");
+    check_rows(x, "layernorm x");
+    check_rows(dx, "layernorm dx");
+    for (const Tensor* t : {&w, &mean, &rstd, (const Tensor*)&dw, (const Tensor*)&db})
+      check_contig_f32(*t, "layernorm backward");
+    const int64_t n = x.size(0), d = x.size(1);
+    SHOAL_CHECK(
+        dy.shape() == x.shape() && dx.shape() == x.shape() && dw.numel() == d && db.numel() == d,
+        "layernorm backward shapes");
+    if (n == 0 || d == 0) return;
+    Tensor scratch = empty({2 * kernels::norm_dw_scratch_floats(n, d)});
+    kernels::LayerNormParams p;
+    p.dy = dy.f32();
+    p.x = x.f32();
+    p.w = w.f32();
+    p.mean = mean.f32();
+    p.rstd = rstd.f32();
+    p.dx = dx.f32();
+    p.dw = dw.f32();
+    p.db = db.f32();
+    p.scratch = scratch.f32();
+    p.rows = n;
+    p.dim = d;
+    p.x_stride = row_stride(x);
+    p.y_stride = row_stride(dy);
+    p.dx_stride = row_stride(dx);
+    SHOAL_CUDA_CHECK(kernels::layernorm_backward_cuda(p, stream()));
+  }
+
+  // ---------------------------------------------------------------- MLP
+
+  void swiglu_forward(const Tensor& gu, Tensor& h) override {
+    check_rows(gu, "swiglu gate_up");
+    check_rows(h, "swiglu h");
+    const int64_t n = gu.size(0), inter = h.size(1);
+    SHOAL_CHECK(gu.size(1) == 2 * inter && h.size(0) == n, "swiglu shapes: {} -> {}", gu.describe(),
+                h.describe());
+    kernels::SwigluParams p;
+    p.gate_up = gu.f32();
+    p.h = h.f32();
+    p.rows = n;
+    p.inter = inter;
+    p.gu_stride = row_stride(gu);
+    p.h_stride = row_stride(h);
+    SHOAL_CUDA_CHECK(kernels::swiglu_forward_cuda(p, stream()));
+  }
+
+  void swiglu_backward(const Tensor& dh, const Tensor& gu, Tensor& dgu) override {
+    check_rows(dh, "swiglu dh");
+    check_rows(gu, "swiglu gate_up");
+    check_rows(dgu, "swiglu dgate_up");
+    const int64_t n = gu.size(0), inter = dh.size(1);
+    SHOAL_CHECK(gu.size(1) == 2 * inter && dgu.shape() == gu.shape() && dh.size(0) == n,
+                "swiglu backward shapes");
+    kernels::SwigluParams p;
+    p.gate_up = gu.f32();
+    p.dh = dh.f32();
+    p.dgate_up = dgu.f32();
+    p.rows = n;
+    p.inter = inter;
+    p.gu_stride = row_stride(gu);
+    p.h_stride = row_stride(dh);
+    p.dgu_stride = row_stride(dgu);
+    SHOAL_CUDA_CHECK(kernels::swiglu_backward_cuda(p, stream()));
+  }
+
+  // ---------------------------------------------------------------- embedding and losses
+
+  void embedding_forward(const Tensor& ids, const Tensor& table, Tensor& out) override {
+    check_rows(table, "embedding table");
+    check_rows(out, "embedding out");
+    SHOAL_CHECK(ids.dtype() == DType::i32 && ids.is_contiguous(),
+                "embedding: ids must be contiguous i32, got {}", ids.describe());
+    const int64_t n = ids.numel(), d = table.size(1);
+    SHOAL_CHECK(out.size(0) == n && out.size(1) == d, "embedding out {}", out.describe());
+    Tensor dids = on_device(ids, "embedding ids");
+    kernels::RowOpParams p;
+    p.src = table.f32();
+    p.src_ld = row_stride(table);
+    p.src_rows = table.size(0);
+    p.dst = out.f32();
+    p.dst_ld = row_stride(out);
+    p.cols = d;
+    p.idx = dids.i32();
+    p.n_idx = n;
+    p.status = ctx_.status;
+    p.op = op_id(FaultOp::embedding_forward);
+    SHOAL_CUDA_CHECK(kernels::gather_rows_cuda(p, stream()));
+  }
+
+  void embedding_backward(const Tensor& ids, const Tensor& dout, Tensor& dtable) override {
+    check_rows(dtable, "embedding dtable");
+    check_rows(dout, "embedding dout");
+    SHOAL_CHECK(ids.dtype() == DType::i32 && ids.is_contiguous(),
+                "embedding backward: ids must be contiguous i32, got {}", ids.describe());
+    const int64_t n = ids.numel();
+    SHOAL_CHECK(dout.size(0) == n && dout.size(1) == dtable.size(1),
+                "embedding backward: dout {} for {} ids into {}", dout.describe(), n,
+                dtable.describe());
+    Tensor dids = on_device(ids, "embedding ids");
+    kernels::RowOpParams p;
+    p.src = dout.f32();
+    p.src_ld = row_stride(dout);
+    p.dst = dtable.f32();
+    p.dst_ld = row_stride(dtable);
+    p.dst_rows = dtable.size(0);
+    p.cols = dtable.size(1);
+    p.idx = dids.i32();
+    p.n_idx = n;
+    p.status = ctx_.status;
+    p.op = op_id(FaultOp::embedding_backward);
+    SHOAL_CUDA_CHECK(kernels::scatter_add_rows_cuda(p, stream()));
+  }
+
+  kernels::LogitsParams logits_params(const Tensor& logits, const Tensor& labels, const char* what,
+                                      Tensor& dlabels) {
+    check_rows(logits, what);
+    const int64_t n = logits.size(0);
+    SHOAL_CHECK(labels.dtype() == DType::i32 && labels.numel() == n && labels.is_contiguous(),
+                "{}: labels must be contiguous i32[{}], got {}", what, n, labels.describe());
+    dlabels = on_device(labels, what);
+    kernels::LogitsParams p;
+    p.logits = logits.f32();
+    p.rows = n;
+    p.vocab = logits.size(1);
+    p.ld = row_stride(logits);
+    p.labels = dlabels.i32();
+    p.status = ctx_.status;
+    return p;
+  }
+
+  double cross_entropy(const Tensor& logits, const Tensor& labels, float grad_scale,
+                       Tensor* dlogits) override {
+    Tensor dlabels;
+    auto p = logits_params(logits, labels, "cross_entropy", dlabels);
+    p.op = op_id(FaultOp::cross_entropy);
+    if (dlogits) {
+      check_rows(*dlogits, "cross_entropy dlogits");
+      SHOAL_CHECK(dlogits->shape() == logits.shape(), "cross_entropy: dlogits shape");
+      p.dlogits = dlogits->f32();
+      p.d_ld = row_stride(*dlogits);
+    }
+    if (p.rows == 0) return 0.0;
+    Tensor row_loss = empty({p.rows}, DType::f64);
+    SHOAL_CUDA_CHECK(kernels::cross_entropy_cuda(p, grad_scale, row_loss.f64(), stream()));
+    Tensor h = to_host(row_loss);  // synchronises; a bad label throws here
+    double total = 0;
+    for (int64_t i = 0; i < p.rows; ++i) total += h.f64()[i];
+    return total;
+  }
+
+  // Validates host token sets (as the CPU backend does, except the label check, which runs on the
+  // device) and uploads them.
+  void attach_sets(const TokenSets* sets, kernels::LogitsParams& p, Tensor& offsets, Tensor& ids) {
+    if (!sets) return;
+    const int64_t n = p.rows;
+    SHOAL_CHECK(sets->offsets.dtype() == DType::i64 && sets->offsets.numel() == n + 1 &&
+                    sets->ids.dtype() == DType::i32,
+                "token_logprobs: sets need i64 offsets[{}] and i32 ids, got {} and {}", n + 1,
+                sets->offsets.describe(), sets->ids.describe());
+    Tensor ho =
+        sets->offsets.device() == Device::cpu ? sets->offsets.contiguous() : to_host(sets->offsets);
+    Tensor hi = sets->ids.device() == Device::cpu ? sets->ids.contiguous() : to_host(sets->ids);
+    const int64_t* off = ho.i64();
+    SHOAL_CHECK(off[0] == 0 && off[n] == hi.numel(),
+                "token_logprobs: set offsets must run from 0 to {}", hi.numel());
+    for (int64_t i = 0; i < n; ++i) {
+      SHOAL_CHECK(off[i + 1] >= off[i], "token_logprobs: set offsets decrease at row {}", i);
+      for (int64_t j = off[i]; j < off[i + 1]; ++j)
+        SHOAL_CHECK(hi.i32()[j] >= 0 && hi.i32()[j] < p.vocab,
+                    "token_logprobs: set id {} at row {} outside [0, {})", hi.i32()[j], i, p.vocab);
+    }
+    offsets = from_host(ho);
+    ids = from_host(hi);
+    p.set_offsets = offsets.i64();
+    p.set_ids = ids.numel() ? ids.i32() : nullptr;
+    if (!p.set_ids) {  // empty sets everywhere: every row must be ignored; keep a valid pointer
+      ids = empty({1}, DType::i32);
+      p.set_ids = ids.i32();
+    }
+  }
+
+  void token_logprobs(const Tensor& logits, const Tensor& labels, const TokenSets* sets,
+                      Tensor& logp, Tensor* entropy) override {
+    Tensor dlabels, offsets, ids;
+    auto p = logits_params(logits, labels, "token_logprobs", dlabels);
+    p.op = op_id(FaultOp::token_logprobs);
+    check_contig_f32(logp, "token_logprobs logp");
+    SHOAL_CHECK(logp.numel() == p.rows && (!entropy || entropy->numel() == p.rows),
+                "token_logprobs: outputs must hold {} rows", p.rows);
+    if (entropy) check_contig_f32(*entropy, "token_logprobs entropy");
+    attach_sets(sets, p, offsets, ids);
+    SHOAL_CUDA_CHECK(
+        kernels::token_logprobs_cuda(p, logp.f32(), entropy ? entropy->f32() : nullptr, stream()));
+  }
+
+  void token_logprobs_backward(const Tensor& logits, const Tensor& labels, const TokenSets* sets,
+                               const Tensor& dlogp, Tensor& dlogits) override {
+    Tensor dlabels, offsets, ids;
+    auto p = logits_params(logits, labels, "token_logprobs_backward", dlabels);
+    p.op = op_id(FaultOp::token_logprobs_backward);
+    check_contig_f32(dlogp, "token_logprobs_backward dlogp");
+    check_rows(dlogits, "token_logprobs_backward dlogits");
+    SHOAL_CHECK(dlogp.numel() == p.rows && dlogits.shape() == logits.shape(),
+                "token_logprobs_backward shapes");
+    p.dlogits = dlogits.f32();
+    p.d_ld = row_stride(dlogits);
+    attach_sets(sets, p, offsets, ids);
+    Tensor scratch;
+    if (sets) {
+      scratch = empty({std::max<int64_t>(1, ids.numel())});
+      p.set_scratch = scratch.f32();
+    }
+    SHOAL_CUDA_CHECK(kernels::token_logprobs_backward_cuda(p, dlogp.f32(), stream()));
+  }
+
+  // ---------------------------------------------------------------- mixture of experts
+
+  void route_noaux_tc(const Tensor& logits, const Tensor& bias, const RouterParams& rp,
+                      Tensor& scores, Tensor& topk_idx, Tensor& topk_w,
+                      bool use_given_idx) override {
+    check_contig_f32(logits, "router logits");
+    check_contig_f32(bias, "router bias");
+    check_contig_f32(scores, "router scores");
+    check_contig_f32(topk_w, "router weights");
+    check_dev(topk_idx, "router topk_idx");
+    const int64_t n = logits.size(0), e = rp.n_experts, kk = rp.top_k;
+    SHOAL_CHECK(logits.ndim() == 2 && logits.size(1) == e && bias.numel() == e &&
+                    scores.shape() == logits.shape(),
+                "router shapes: logits {} bias {} scores {}", logits.describe(), bias.describe(),
+                scores.describe());
+    SHOAL_CHECK(topk_idx.dtype() == DType::i32 && topk_idx.numel() == n * kk &&
+                    topk_w.numel() == n * kk && topk_idx.is_contiguous(),
+                "router outputs: idx {} w {}", topk_idx.describe(), topk_w.describe());
+    SHOAL_CHECK(rp.n_group > 0 && e % rp.n_group == 0 && e / rp.n_group >= 2 &&
+                    rp.topk_group >= 1 && rp.topk_group <= rp.n_group && kk >= 1 &&
+                    kk <= rp.topk_group * (e / rp.n_group),
+                "router parameters: {} experts, {} groups, top {} groups, top {}", e, rp.n_group,
+                rp.topk_group, kk);
+    SHOAL_CHECK(rp.n_group <= kernels::kRouterMaxGroups,
+                "router: {} groups exceed the CUDA kernel's {}", rp.n_group,
+                kernels::kRouterMaxGroups);
+    kernels::RouterKernelParams p = router_params(rp, n);
+    p.logits = logits.f32();
+    p.bias = bias.f32();
+    p.scores = scores.f32();
+    p.topk_idx = topk_idx.i32();
+    p.topk_w = topk_w.f32();
+    p.use_given_idx = use_given_idx;
+    p.op = op_id(FaultOp::route_noaux_tc);
+    SHOAL_CUDA_CHECK(kernels::route_noaux_tc_cuda(p, stream()));
+  }
+
+  kernels::RouterKernelParams router_params(const RouterParams& rp, int64_t n) {
+    kernels::RouterKernelParams p;
+    p.n = n;
+    p.experts = rp.n_experts;
+    p.top_k = rp.top_k;
+    p.n_group = rp.n_group;
+    p.topk_group = rp.topk_group;
+    p.norm_topk_prob = rp.norm_topk_prob;
+    p.routed_scaling_factor = rp.routed_scaling_factor;
+    p.status = ctx_.status;
+    return p;
+  }
+
+  void route_backward(const Tensor& dw, const Tensor& scores, const Tensor& topk_idx,
+                      const RouterParams& rp, Tensor& dlogits) override {
+    check_contig_f32(dw, "router dweights");
+    check_contig_f32(scores, "router scores");
+    check_contig_f32(dlogits, "router dlogits");
+    const int64_t n = scores.size(0), kk = rp.top_k;
+    SHOAL_CHECK(dlogits.shape() == scores.shape() && dw.numel() == n * kk &&
+                    topk_idx.numel() == n * kk && scores.ndim() == 2 &&
+                    scores.size(1) == rp.n_experts && topk_idx.dtype() == DType::i32 &&
+                    topk_idx.is_contiguous(),
+                "router backward shapes");
+    Tensor idx = on_device(topk_idx, "router backward idx");
+    kernels::RouterKernelParams p = router_params(rp, n);
+    p.scores = scores.f32();
+    p.topk_idx = idx.i32();
+    p.dtopk_w = dw.f32();
+    p.dlogits = dlogits.f32();
+    p.op = op_id(FaultOp::route_backward);
+    SHOAL_CUDA_CHECK(kernels::route_backward_cuda(p, stream()));
+  }
+
+  void moe_sort(const Tensor& topk_idx, int64_t n_experts, Tensor& order,
+                std::vector<int64_t>& counts) override {
+    check_dev(order, "moe_sort order");
+    SHOAL_CHECK(topk_idx.dtype() == DType::i32 && topk_idx.is_contiguous() &&
+                    order.dtype() == DType::i32 && order.numel() == topk_idx.numel() &&
+                    order.is_contiguous() && n_experts >= 1,
+                "moe_sort: idx {} order {}", topk_idx.describe(), order.describe());
+    SHOAL_CHECK(n_experts <= 6144, "moe_sort: {} experts exceed the CUDA kernel's 6144", n_experts);
+    Tensor idx = on_device(topk_idx, "moe_sort idx");
+    const int64_t m = idx.numel();
+    Tensor hist = empty({kernels::moe_sort_chunks(m) * n_experts}, DType::i32);
+    Tensor dcounts = empty({n_experts}, DType::i64);
+    kernels::MoeSortParams p;
+    p.topk_idx = m ? idx.i32() : nullptr;
+    p.m = m;
+    p.experts = n_experts;
+    p.order = m ? order.i32() : nullptr;
+    p.chunk_hist = hist.i32();
+    p.counts = dcounts.i64();
+    p.status = ctx_.status;
+    p.op = op_id(FaultOp::moe_sort);
+    SHOAL_CUDA_CHECK(kernels::moe_sort_cuda(p, stream()));
+    Tensor h = to_host(dcounts);  // synchronises; a bad expert id throws here
+    counts.assign(h.i64(), h.i64() + n_experts);
+  }
+
+  void gather_rows(const Tensor& src, const Tensor& idx, int64_t div, Tensor& dst) override {
+    check_rows(src, "gather src");
+    check_rows(dst, "gather dst");
+    SHOAL_CHECK(idx.dtype() == DType::i32 && idx.is_contiguous() && idx.numel() == dst.size(0) &&
+                    dst.size(1) == src.size(1) && div >= 1,
+                "gather_rows: src {} idx {} dst {}", src.describe(), idx.describe(),
+                dst.describe());
+    Tensor di = on_device(idx, "gather_rows idx");
+    kernels::RowOpParams p;
+    p.src = src.f32();
+    p.src_ld = row_stride(src);
+    p.src_rows = src.size(0);
+    p.dst = dst.f32();
+    p.dst_ld = row_stride(dst);
+    p.cols = src.size(1);
+    p.idx = di.numel() ? di.i32() : nullptr;
+    p.n_idx = di.numel();
+    p.div = div;
+    p.status = ctx_.status;
+    p.op = op_id(FaultOp::gather_rows);
+    SHOAL_CUDA_CHECK(kernels::gather_rows_cuda(p, stream()));
+  }
+
+  void scatter_add_rows(const Tensor& src, const Tensor& idx, int64_t div, const Tensor* w,
+                        Tensor& dst) override {
+    check_rows(src, "scatter src");
+    check_rows(dst, "scatter dst");
+    SHOAL_CHECK(idx.dtype() == DType::i32 && idx.is_contiguous() && idx.numel() == src.size(0) &&
+                    dst.size(1) == src.size(1) && div >= 1,
+                "scatter_add_rows: src {} idx {} dst {}", src.describe(), idx.describe(),
+                dst.describe());
+    if (w) check_contig_f32(*w, "scatter_add_rows w");
+    Tensor di = on_device(idx, "scatter_add_rows idx");
+    kernels::RowOpParams p;
+    p.src = src.f32();
+    p.src_ld = row_stride(src);
+    p.dst = dst.f32();
+    p.dst_ld = row_stride(dst);
+    p.dst_rows = dst.size(0);
+    p.cols = src.size(1);
+    p.idx = di.numel() ? di.i32() : nullptr;
+    p.n_idx = di.numel();
+    p.div = div;
+    p.w = w ? w->f32() : nullptr;
+    p.w_count = w ? w->numel() : 0;
+    p.status = ctx_.status;
+    p.op = op_id(FaultOp::scatter_add_rows);
+    SHOAL_CUDA_CHECK(kernels::scatter_add_rows_cuda(p, stream()));
+  }
+
+  void row_dot_scatter(const Tensor& a, const Tensor& b, const Tensor& idx, Tensor& out) override {
+    check_rows(a, "row_dot a");
+    check_rows(b, "row_dot b");
+    check_contig_f32(out, "row_dot out");
+    SHOAL_CHECK(a.shape() == b.shape() && idx.numel() == a.size(0) && idx.dtype() == DType::i32 &&
+                    idx.is_contiguous(),
+                "row_dot_scatter shapes");
+    Tensor di = on_device(idx, "row_dot_scatter idx");
+    kernels::RowOpParams p;
+    p.src = a.f32();
+    p.src_ld = row_stride(a);
+    p.dst = b.f32();
+    p.dst_ld = row_stride(b);
+    p.cols = a.size(1);
+    p.idx = di.numel() ? di.i32() : nullptr;
+    p.n_idx = di.numel();
+    p.status = ctx_.status;
+    p.op = op_id(FaultOp::row_dot_scatter);
+    SHOAL_CUDA_CHECK(kernels::row_dot_scatter_cuda(p, out.f32(), out.numel(), stream()));
+  }
+
+  void scale_rows(Tensor& x, const Tensor& idx, const Tensor& w) override {
+    check_rows(x, "scale_rows x");
+    check_contig_f32(w, "scale_rows w");
+    SHOAL_CHECK(idx.numel() == x.size(0) && idx.dtype() == DType::i32 && idx.is_contiguous(),
+                "scale_rows: idx {} for {} rows", idx.describe(), x.size(0));
+    Tensor di = on_device(idx, "scale_rows idx");
+    kernels::RowOpParams p;
+    p.dst = x.f32();
+    p.dst_ld = row_stride(x);
+    p.cols = x.size(1);
+    p.idx = di.numel() ? di.i32() : nullptr;
+    p.n_idx = di.numel();
+    p.w = w.f32();
+    p.w_count = w.numel();
+    p.status = ctx_.status;
+    p.op = op_id(FaultOp::scale_rows);
+    SHOAL_CUDA_CHECK(kernels::scale_rows_cuda(p, stream()));
+  }
+
+  // ---------------------------------------------------------------- optimizer
+
+  void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
+             const AdamWParams& ap) override {
+    for (const Tensor* t : {(const Tensor*)&param, &grad, (const Tensor*)&m, (const Tensor*)&v})
+      check_contig_f32(*t, "adamw");
+    SHOAL_CHECK(
+        param.shape() == grad.shape() && m.shape() == grad.shape() && v.shape() == grad.shape(),
+        "adamw: shapes differ ({})", param.describe());
+    SHOAL_CHECK(ap.step >= 1, "adamw: step must be >= 1");
+    // The scalars exactly as the CPU backend computes them.
+    const float bc1 = float(1.0 - std::pow(double(ap.beta1), double(ap.step)));
+    const float bc2 = float(1.0 - std::pow(double(ap.beta2), double(ap.step)));
+    kernels::AdamWKernelParams p;
+    p.param = param.f32();
+    p.grad = grad.f32();
+    p.m = m.f32();
+    p.v = v.f32();
+    p.n = param.numel();
+    p.beta1 = ap.beta1;
+    p.beta2 = ap.beta2;
+    p.eps = ap.eps;
+    p.decay = 1.0f - ap.lr * ap.weight_decay;
+    p.step = ap.lr / bc1;
+    p.inv_sqrt_bc2 = 1.0f / std::sqrt(bc2);
+    SHOAL_CUDA_CHECK(kernels::adamw_cuda(p, stream()));
+  }
+
+ private:
+  cudaStream_t stream() const { return ctx_.stream; }
+
+  // Host -> device bytes of a contiguous host tensor (ordered on the stream; the runtime stages
+  // pageable memory before returning, so `h` may be freed afterwards).
+  void upload(const Tensor& h, void* dst) {
+    if (h.nbytes() == 0) return;
+    SHOAL_CUDA_CHECK(cudaMemcpyAsync(dst, h.raw(), h.nbytes(), cudaMemcpyHostToDevice, stream()));
+  }
+
+  // An index-like input on the device: itself when already there, else an uploaded copy.
+  Tensor on_device(const Tensor& t, const char* what) {
+    SHOAL_CHECK(t.defined(), "{}: undefined tensor", what);
+    if (t.device() == Device::cuda) return t;
+    return from_host(t);
+  }
+
+  static kernels::StridedCopyParams strided(const Tensor& src, const Tensor& dst) {
+    SHOAL_CHECK(dst.ndim() <= kernels::kMaxCopyDims, "copy: {} has more than {} dims",
+                dst.describe(), kernels::kMaxCopyDims);
+    kernels::StridedCopyParams p;
+    p.src = src.raw();
+    p.dst = dst.raw();
+    p.src_type = elem_type(src.dtype());
+    p.dst_type = elem_type(dst.dtype());
+    p.ndim = dst.ndim();
+    for (int d = 0; d < dst.ndim(); ++d) {
+      p.shape[d] = dst.size(d);
+      p.src_strides[d] = src.stride(d);
+      p.dst_strides[d] = dst.stride(d);
+    }
+    return p;
+  }
+
+  cuda::CudaContext& ctx_;
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> make_cuda_backend(int device) {
+  return std::make_unique<CudaBackend>(device);
+}
+
+}  // namespace shoal

@@ -1,0 +1,51 @@
+// Causal softmax attention over packed sequences (cu_seqlens), optionally restricted to a DSA
+// selection (sparse_idx), forward (out + log-sum-exp) and backward (dq, dk, dv from the saved lse,
+// FlashAttention-style recomputation), plus the head-summed, L1-normalised attention distribution
+// that the DSA indexer is trained towards. f32. The CPU backend is the reference.
+// These are the straightforward kernels (one block of 4 warps per (query, head), a warp per key);
+// not the tiled flash kernels, not the absorbed decode kernel. Head dims up to 256.
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/common/kernel_status.h"
+
+namespace shoal::kernels {
+
+constexpr int kAttentionMaxHeadDim = 256;
+
+struct AttentionParams {
+  // [N, H, d] operands, last stride 1; s_n / s_h are the token and head strides (elements).
+  const float *q = nullptr, *k = nullptr, *v = nullptr;
+  int64_t q_sn = 0, q_sh = 0, k_sn = 0, k_sh = 0, v_sn = 0, v_sh = 0;
+  float* out = nullptr;  // forward output; backward reads it (D = dout . out)
+  int64_t o_sn = 0, o_sh = 0;
+  float* lse = nullptr;  // [H, N]: written by the forward, read by the backward
+  int64_t n = 0, heads = 0, dk = 0, dv = 0;
+  const int64_t* cu_seqlens = nullptr;  // device, n_seqs + 1 entries from 0 to n
+  int64_t n_seqs = 0;
+  // DSA: i32 [n, topk] key positions within the token's sequence, -1 = unused; null = dense.
+  // Entries must be distinct within a row (topk_rows guarantees it); a repeated key would count
+  // twice here but once on the CPU.
+  const int32_t* sparse_idx = nullptr;
+  int64_t topk = 0;
+  float scale = 1.0f;
+  // backward
+  const float* dout = nullptr;
+  int64_t do_sn = 0, do_sh = 0;
+  float *dq = nullptr, *dkk = nullptr, *dvv = nullptr;  // overwritten
+  int64_t dq_sn = 0, dq_sh = 0, dk_sn = 0, dk_sh = 0, dv_sn = 0, dv_sh = 0;
+  KernelStatus* status = nullptr;  // bad sparse indices are reported here
+  int32_t op = 0;
+};
+int attention_forward_cuda(const AttentionParams& p, void* stream);
+// dk and dv accumulate with f32 atomics (order not deterministic); dq is deterministic.
+int attention_backward_cuda(const AttentionParams& p, void* stream);
+
+// probs: per sequence a row-major [L, L] block at probs + sq_offsets[s] (zero outside the attended
+// set): sum over heads of exp(scale q.k - lse), each row divided by its sum. Uses q, k, lse,
+// cu_seqlens, sparse_idx of `p`.
+int attention_head_sum_probs_cuda(const AttentionParams& p, const int64_t* sq_offsets, float* probs,
+                                  void* stream);
+
+}  // namespace shoal::kernels

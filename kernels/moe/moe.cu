@@ -1,0 +1,223 @@
+// MoE kernels (moe.h). The router walks one token per thread: group scores (sum of the two best
+// bias-shifted scores), the best groups, then the best experts by repeated selection in the total
+// order (score desc, index asc) that the CPU's partial_sort with its comparator produces. The
+// sort is a counting sort: per-chunk histograms, per-expert bases, then a stable in-chunk rank.
+#include <cuda_runtime.h>
+
+#include <cmath>
+
+#include "kernels/common/reduce.cuh"
+#include "kernels/moe/moe.h"
+
+namespace shoal::kernels {
+namespace {
+
+__device__ __forceinline__ float sigmoid_ref(float x) {
+  return 1.0f / (1.0f + expf(-x));
+}
+
+// a ranks before b: greater value, then lower index.
+__device__ __forceinline__ bool ranks_before(float av, int64_t ai, float bv, int64_t bi) {
+  return av > bv || (av == bv && ai < bi);
+}
+
+__global__ void route_kernel(RouterKernelParams p) {
+  const int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (t >= p.n) return;
+  const int64_t e = p.experts, kk = p.top_k, gsize = e / p.n_group;
+  const float* lg = p.logits + t * e;
+  float* s = p.scores + t * e;
+  for (int64_t i = 0; i < e; ++i) s[i] = sigmoid_ref(lg[i]);
+  int32_t* idx = p.topk_idx + t * kk;
+  float* w = p.topk_w + t * kk;
+  if (!p.use_given_idx) {
+    float gscore[kRouterMaxGroups];
+    for (int64_t g = 0; g < p.n_group; ++g) {
+      float b1 = -INFINITY, b2 = -INFINITY;
+      for (int64_t i = g * gsize; i < (g + 1) * gsize; ++i) {
+        const float c = s[i] + p.bias[i];
+        if (c > b1) {
+          b2 = b1;
+          b1 = c;
+        } else if (c > b2) {
+          b2 = c;
+        }
+      }
+      gscore[g] = b1 + b2;
+    }
+    uint64_t keep = 0;
+    for (int64_t r = 0; r < p.topk_group; ++r) {
+      int64_t best = -1;
+      for (int64_t g = 0; g < p.n_group; ++g)
+        if (!((keep >> g) & 1u) && (best < 0 || ranks_before(gscore[g], g, gscore[best], best)))
+          best = g;
+      keep |= uint64_t(1) << best;
+    }
+    // Experts of dropped groups compete with 0.0 (transformers' masked_fill).
+    float prev_v = 0.0f;
+    int64_t prev_i = -1;
+    for (int64_t k = 0; k < kk; ++k) {
+      float best_v = 0.0f;
+      int64_t best_i = -1;
+      for (int64_t i = 0; i < e; ++i) {
+        const float v = ((keep >> (i / gsize)) & 1u) ? s[i] + p.bias[i] : 0.0f;
+        if (prev_i >= 0 && !ranks_before(prev_v, prev_i, v, i)) continue;  // already taken
+        if (best_i < 0 || ranks_before(v, i, best_v, best_i)) {
+          best_v = v;
+          best_i = i;
+        }
+      }
+      idx[k] = int32_t(best_i);
+      prev_v = best_v;
+      prev_i = best_i;
+    }
+  }
+  double sum = 0;
+  bool ok = true;
+  for (int64_t k = 0; k < kk; ++k) {
+    const int32_t id = idx[k];
+    if (id < 0 || id >= e) {
+      report_fault(p.status, p.op, KernelFault::index_out_of_range, t * kk + k, id, 0, e);
+      ok = false;
+      continue;
+    }
+    w[k] = s[id];
+    sum += w[k];
+  }
+  if (!ok) {
+    for (int64_t k = 0; k < kk; ++k) w[k] = 0.0f;
+    return;
+  }
+  const float norm = p.norm_topk_prob ? float(1.0 / (sum + 1e-20)) : 1.0f;
+  for (int64_t k = 0; k < kk; ++k) w[k] = w[k] * norm * p.routed_scaling_factor;
+}
+
+__global__ void route_backward_kernel(RouterKernelParams p) {
+  const int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
+  if (t >= p.n) return;
+  const int64_t e = p.experts, kk = p.top_k;
+  const float* s = p.scores + t * e;
+  const int32_t* idx = p.topk_idx + t * kk;
+  const float* g = p.dtopk_w + t * kk;
+  float* d = p.dlogits + t * e;
+  for (int64_t i = 0; i < e; ++i) d[i] = 0.0f;
+  for (int64_t k = 0; k < kk; ++k)
+    if (idx[k] < 0 || idx[k] >= e) {
+      report_fault(p.status, p.op, KernelFault::index_out_of_range, t * kk + k, idx[k], 0, e);
+      return;
+    }
+  const float rsf = p.routed_scaling_factor;
+  if (p.norm_topk_prob) {
+    double sum = 1e-20, gs = 0;
+    for (int64_t k = 0; k < kk; ++k) {
+      sum += s[idx[k]];
+      gs += double(g[k]) * s[idx[k]];
+    }
+    for (int64_t k = 0; k < kk; ++k) {
+      const double ds = rsf * (g[k] / sum - gs / (sum * sum));
+      const float sk = s[idx[k]];
+      d[idx[k]] = float(ds) * sk * (1.0f - sk);
+    }
+  } else {
+    for (int64_t k = 0; k < kk; ++k) {
+      const float sk = s[idx[k]];
+      d[idx[k]] = rsf * g[k] * sk * (1.0f - sk);
+    }
+  }
+}
+
+__global__ void moe_hist_kernel(MoeSortParams p) {
+  extern __shared__ int hist[];
+  for (int64_t e = threadIdx.x; e < p.experts; e += blockDim.x) hist[e] = 0;
+  __syncthreads();
+  const int64_t slot = blockIdx.x * kMoeSortChunk + threadIdx.x;
+  if (threadIdx.x < kMoeSortChunk && slot < p.m) {
+    const int32_t e = p.topk_idx[slot];
+    if (e < 0 || e >= p.experts)
+      report_fault(p.status, p.op, KernelFault::index_out_of_range, slot, e, 0, p.experts);
+    else
+      atomicAdd(&hist[e], 1);
+  }
+  __syncthreads();
+  for (int64_t e = threadIdx.x; e < p.experts; e += blockDim.x)
+    p.chunk_hist[blockIdx.x * p.experts + e] = hist[e];
+}
+
+// One block: totals per expert, exclusive scan over experts, then each chunk's base per expert
+// (written over its histogram).
+__global__ void moe_bases_kernel(MoeSortParams p, int64_t chunks) {
+  extern __shared__ int64_t totals[];
+  for (int64_t e = threadIdx.x; e < p.experts; e += blockDim.x) {
+    int64_t t = 0;
+    for (int64_t c = 0; c < chunks; ++c) t += p.chunk_hist[c * p.experts + e];
+    totals[e] = t;
+    p.counts[e] = t;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    int64_t run = 0;
+    for (int64_t e = 0; e < p.experts; ++e) {
+      const int64_t t = totals[e];
+      totals[e] = run;
+      run += t;
+    }
+  }
+  __syncthreads();
+  for (int64_t e = threadIdx.x; e < p.experts; e += blockDim.x) {
+    int64_t base = totals[e];
+    for (int64_t c = 0; c < chunks; ++c) {
+      const int32_t h = p.chunk_hist[c * p.experts + e];
+      p.chunk_hist[c * p.experts + e] = int32_t(base);
+      base += h;
+    }
+  }
+}
+
+__global__ void moe_scatter_kernel(MoeSortParams p) {
+  __shared__ int32_t chunk[kMoeSortChunk];
+  const int64_t first = blockIdx.x * kMoeSortChunk;
+  const int i = threadIdx.x;
+  const int64_t slot = first + i;
+  chunk[i] = slot < p.m ? p.topk_idx[slot] : -1;
+  __syncthreads();
+  if (slot >= p.m) return;
+  const int32_t e = chunk[i];
+  if (e < 0 || e >= p.experts) return;
+  int rank = 0;
+  for (int j = 0; j < i; ++j) rank += chunk[j] == e;
+  p.order[p.chunk_hist[blockIdx.x * p.experts + e] + rank] = int32_t(slot);
+}
+
+}  // namespace
+
+int route_noaux_tc_cuda(const RouterKernelParams& p, void* stream) {
+  if (p.n == 0) return int(cudaSuccess);
+  if (p.n < 0 || p.experts < 2 || p.n_group < 1 || p.n_group > kRouterMaxGroups ||
+      p.experts % p.n_group != 0 || p.topk_group < 1 || p.topk_group > p.n_group || p.top_k < 1 ||
+      !p.logits || !p.bias || !p.scores || !p.topk_idx || !p.topk_w)
+    return int(cudaErrorInvalidValue);
+  route_kernel<<<grid_for(p.n, 128), 128, 0, static_cast<cudaStream_t>(stream)>>>(p);
+  return int(cudaGetLastError());
+}
+
+int route_backward_cuda(const RouterKernelParams& p, void* stream) {
+  if (p.n == 0) return int(cudaSuccess);
+  if (p.n < 0 || !p.scores || !p.topk_idx || !p.dtopk_w || !p.dlogits || p.top_k < 1)
+    return int(cudaErrorInvalidValue);
+  route_backward_kernel<<<grid_for(p.n, 128), 128, 0, static_cast<cudaStream_t>(stream)>>>(p);
+  return int(cudaGetLastError());
+}
+
+int moe_sort_cuda(const MoeSortParams& p, void* stream) {
+  if (p.experts < 1 || p.m < 0 || !p.counts || !p.chunk_hist ||
+      (p.m > 0 && (!p.topk_idx || !p.order)) || p.experts * sizeof(int64_t) > 48 * 1024)
+    return int(cudaErrorInvalidValue);
+  auto s = static_cast<cudaStream_t>(stream);
+  const int64_t chunks = moe_sort_chunks(p.m);
+  moe_hist_kernel<<<unsigned(chunks), kMoeSortChunk, p.experts * sizeof(int), s>>>(p);
+  moe_bases_kernel<<<1, 1024, p.experts * sizeof(int64_t), s>>>(p, chunks);
+  if (p.m > 0) moe_scatter_kernel<<<unsigned(chunks), kMoeSortChunk, 0, s>>>(p);
+  return int(cudaGetLastError());
+}
+
+}  // namespace shoal::kernels

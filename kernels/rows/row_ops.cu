@@ -1,0 +1,106 @@
+// Row gather / scatter kernels (row_ops.h): a block of 128 threads per row (grid-stride over
+// rows), threads across the columns; the dot product reduces in f64 like the CPU reference.
+#include <cuda_runtime.h>
+
+#include "kernels/common/reduce.cuh"
+#include "kernels/rows/row_ops.h"
+
+namespace shoal::kernels {
+namespace {
+
+constexpr int kThreads = 128;
+
+__global__ void gather_rows_kernel(RowOpParams p) {
+  for (int64_t i = blockIdx.x; i < p.n_idx; i += gridDim.x) {
+    const int64_t v = p.idx[i];
+    if (v < 0 || v / p.div >= p.src_rows) {
+      if (threadIdx.x == 0)
+        report_fault(p.status, p.op, KernelFault::index_out_of_range, i, v, 0, p.src_rows * p.div);
+      continue;
+    }
+    const float* s = p.src + (v / p.div) * p.src_ld;
+    float* d = p.dst + i * p.dst_ld;
+    for (int64_t c = threadIdx.x; c < p.cols; c += blockDim.x) d[c] = s[c];
+  }
+}
+
+__global__ void scatter_add_rows_kernel(RowOpParams p) {
+  for (int64_t i = blockIdx.x; i < p.n_idx; i += gridDim.x) {
+    const int64_t v = p.idx[i];
+    if (v < 0 || v / p.div >= p.dst_rows || (p.w && v >= p.w_count)) {
+      if (threadIdx.x == 0)
+        report_fault(p.status, p.op, KernelFault::index_out_of_range, i, v, 0,
+                     p.w ? p.w_count : p.dst_rows * p.div);
+      continue;
+    }
+    const float wi = p.w ? p.w[v] : 1.0f;
+    const float* s = p.src + i * p.src_ld;
+    float* d = p.dst + (v / p.div) * p.dst_ld;
+    for (int64_t c = threadIdx.x; c < p.cols; c += blockDim.x) atomicAdd(d + c, wi * s[c]);
+  }
+}
+
+__global__ void row_dot_scatter_kernel(RowOpParams p, float* out, int64_t out_count) {
+  for (int64_t i = blockIdx.x; i < p.n_idx; i += gridDim.x) {
+    const int64_t v = p.idx[i];
+    const float* a = p.src + i * p.src_ld;
+    const float* b = p.dst + i * p.dst_ld;
+    double acc = 0;
+    for (int64_t c = threadIdx.x; c < p.cols; c += blockDim.x) acc += double(a[c]) * b[c];
+    acc = block_sum(acc);
+    if (threadIdx.x == 0) {
+      if (v < 0 || v >= out_count)
+        report_fault(p.status, p.op, KernelFault::index_out_of_range, i, v, 0, out_count);
+      else
+        out[v] = float(acc);
+    }
+  }
+}
+
+__global__ void scale_rows_kernel(RowOpParams p) {
+  for (int64_t i = blockIdx.x; i < p.n_idx; i += gridDim.x) {
+    const int64_t v = p.idx[i];
+    if (v < 0 || v >= p.w_count) {
+      if (threadIdx.x == 0)
+        report_fault(p.status, p.op, KernelFault::index_out_of_range, i, v, 0, p.w_count);
+      continue;
+    }
+    const float wi = p.w[v];
+    float* d = p.dst + i * p.dst_ld;
+    for (int64_t c = threadIdx.x; c < p.cols; c += blockDim.x) d[c] *= wi;
+  }
+}
+
+}  // namespace
+
+int gather_rows_cuda(const RowOpParams& p, void* stream) {
+  if (p.n_idx == 0) return int(cudaSuccess);
+  if (!p.src || !p.dst || !p.idx || p.div < 1 || p.n_idx < 0) return int(cudaErrorInvalidValue);
+  gather_rows_kernel<<<grid_for(p.n_idx, 1), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p);
+  return int(cudaGetLastError());
+}
+
+int scatter_add_rows_cuda(const RowOpParams& p, void* stream) {
+  if (p.n_idx == 0) return int(cudaSuccess);
+  if (!p.src || !p.dst || !p.idx || p.div < 1 || p.n_idx < 0) return int(cudaErrorInvalidValue);
+  scatter_add_rows_kernel<<<grid_for(p.n_idx, 1), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+      p);
+  return int(cudaGetLastError());
+}
+
+int row_dot_scatter_cuda(const RowOpParams& p, float* out, int64_t out_count, void* stream) {
+  if (p.n_idx == 0) return int(cudaSuccess);
+  if (!p.src || !p.dst || !p.idx || !out || p.n_idx < 0) return int(cudaErrorInvalidValue);
+  row_dot_scatter_kernel<<<grid_for(p.n_idx, 1), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(
+      p, out, out_count);
+  return int(cudaGetLastError());
+}
+
+int scale_rows_cuda(const RowOpParams& p, void* stream) {
+  if (p.n_idx == 0) return int(cudaSuccess);
+  if (!p.dst || !p.idx || !p.w || p.n_idx < 0) return int(cudaErrorInvalidValue);
+  scale_rows_kernel<<<grid_for(p.n_idx, 1), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p);
+  return int(cudaGetLastError());
+}
+
+}  // namespace shoal::kernels

@@ -1,0 +1,71 @@
+// The golden tiny models (tests/data, references from transformers in float64) through the CUDA
+// backend: logits, loss and every parameter gradient within the same tolerances the CPU engine
+// meets (tests/engine/test_golden.cpp), plus the CUDA forward against the CPU forward on the same
+// batch. Skips without a device, or when the test data is not where the binary looks for it
+// (SHOAL_TEST_DATA in the environment, then the source tree's tests/data, then ./tests/data).
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+
+#include "engine/cuda/cuda_backend.h"
+#include "engine/model/reference_check.h"
+
+namespace shoal {
+namespace {
+
+std::string test_data_dir() {
+  if (const char* env = std::getenv("SHOAL_TEST_DATA")) return env;
+  if (std::filesystem::exists(SHOAL_TEST_DATA "/tiny_v3")) return SHOAL_TEST_DATA;
+  if (std::filesystem::exists("tests/data/tiny_v3")) return "tests/data";
+  return {};
+}
+
+class GoldenCuda : public ::testing::TestWithParam<const char*> {
+ protected:
+  void SetUp() override {
+    const std::string reason = cuda_unavailable_reason();
+    if (!reason.empty()) GTEST_SKIP() << "no CUDA device: " << reason;
+    data_ = test_data_dir();
+    if (data_.empty()) GTEST_SKIP() << "golden data not found (set SHOAL_TEST_DATA)";
+  }
+  std::string data_;
+};
+
+TEST_P(GoldenCuda, LogitsLossAndGradients) {
+  const std::string name = GetParam(), dir = data_ + "/" + name;
+  auto gpu = make_cuda_backend(0);
+  auto model = Model::from_pretrained(dir, *gpu);
+  CheckTolerances tol;  // logits 1e-4, gradients 1e-3, loss 1e-5 (relative), as on the CPU
+  CheckReport rep = check_against_reference(*model, dir + "/reference.safetensors",
+                                            dir + "/grads.safetensors", tol);
+  ASSERT_GT(rep.rows.size(), 2u);
+  double worst = 0;
+  std::string worst_name;
+  for (auto& r : rep.rows) {
+    EXPECT_LE(r.error, r.tolerance) << name << ": " << r.name;
+    if (r.error / r.tolerance > worst) worst = r.error / r.tolerance, worst_name = r.name;
+  }
+  std::printf(
+      "[ golden cuda ] %-28s loss %.9g (reference %.9g), %zu rows, worst %s at %.3g of "
+      "its tolerance %s\n",
+      name.c_str(), rep.loss, rep.reference_loss, rep.rows.size(), worst_name.c_str(), worst,
+      rep.ok() ? "PASS" : "FAIL");
+  EXPECT_TRUE(rep.missing.empty()) << "parameters without a reference gradient";
+  EXPECT_TRUE(rep.ok());
+}
+
+INSTANTIATE_TEST_SUITE_P(Models, GoldenCuda,
+                         ::testing::Values("tiny_v3", "tiny_v3_yarn", "tiny_v32", "varied/noqlora",
+                                           "varied/yarn_mscale", "varied/legacy_yarn"),
+                         [](const ::testing::TestParamInfo<const char*>& info) {
+                           std::string s = info.param;
+                           for (char& ch : s)
+                             if (ch == '/') ch = '_';
+                           return s;
+                         });
+
+}  // namespace
+}  // namespace shoal
