@@ -25,7 +25,9 @@ constexpr int kDim = 256;
 // Hashed bag of words and character trigrams, L2-normalized: deterministic, no model needed.
 std::vector<float> embed(const std::string& text) {
   std::vector<float> v(kDim, 0.0f);
-  std::string t = " " + normalize_words(text) + " ";
+  std::string t(1, ' ');  // (not " " + s: g++ 12 reports a false -Wrestrict there)
+  t += normalize_words(text);
+  t += ' ';
   size_t start = 0;
   for (size_t i = 1; i < t.size(); ++i)
     if (t[i] == ' ') {
