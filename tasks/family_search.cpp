@@ -13,9 +13,9 @@
 #include <set>
 
 #include "base/error.h"
+#include "base/sqlite.h"
 #include "tasks/registry.h"
 #include "tasks/rng.h"
-#include "tasks/sqlite.h"
 
 namespace shoal::tasks {
 namespace {
@@ -25,9 +25,7 @@ constexpr int kDim = 256;
 // Hashed bag of words and character trigrams, L2-normalized: deterministic, no model needed.
 std::vector<float> embed(const std::string& text) {
   std::vector<float> v(kDim, 0.0f);
-  std::string t(1, ' ');  // (not " " + s: g++ 12 reports a false -Wrestrict there)
-  t += normalize_words(text);
-  t += ' ';
+  std::string t = " " + normalize_words(text) + " ";
   size_t start = 0;
   for (size_t i = 1; i < t.size(); ++i)
     if (t[i] == ' ') {
@@ -45,7 +43,7 @@ std::vector<float> embed(const std::string& text) {
 }
 
 struct SearchState : EnvState {
-  Sqlite db;
+  SqliteDb db;
   faiss::IndexFlatIP index{kDim};
   json docs;  // [{"id", "title", "text"}]
 };
