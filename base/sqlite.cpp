@@ -3,6 +3,7 @@
 
 #include <sqlite3.h>
 
+#include <cctype>
 #include <cstring>
 
 #include "base/error.h"
@@ -21,9 +22,10 @@ SqliteDb::SqliteDb(const std::string& path, bool create, bool read_only) : path_
     SHOAL_FAIL("cannot open database {}: {}", path, msg);
   }
   sqlite3_busy_timeout(db_, 10000);
+  sqlite3_extended_result_codes(db_, 1);
   try {
-    if (!read_only) exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;");
-    exec("PRAGMA foreign_keys=ON;");
+    if (!read_only && path != ":memory:")
+      exec("PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;");
   } catch (...) {
     sqlite3_close(db_);
     db_ = nullptr;
@@ -33,6 +35,10 @@ SqliteDb::SqliteDb(const std::string& path, bool create, bool read_only) : path_
 
 SqliteDb::~SqliteDb() {
   if (db_) sqlite3_close_v2(db_);
+}
+
+SqliteDb::SqliteDb(SqliteDb&& other) noexcept : db_(other.db_), path_(std::move(other.path_)) {
+  other.db_ = nullptr;
 }
 
 void SqliteDb::exec(const std::string& sql) {
@@ -55,9 +61,101 @@ int64_t SqliteDb::changes() const {
   return sqlite3_changes64(db_);
 }
 
+using nlohmann::json;
+
+json SqliteDb::query(const std::string& sql, const json& params, size_t max_rows) {
+  SqliteStatement st(*this, sql);
+  SHOAL_CHECK(st.stmt_, "empty SQL statement");
+  for (const char* p = st.sql_.c_str() + st.tail_; *p; ++p)
+    SHOAL_CHECK(std::isspace(static_cast<unsigned char>(*p)) || *p == ';',
+                "only one SQL statement at a time");
+  SHOAL_CHECK(params.is_array(), "SQL parameters must be an array");
+  int i = 1;
+  for (const auto& p : params) {
+    if (p.is_null())
+      st.bind_null(i);
+    else if (p.is_boolean())
+      st.bind(i, int64_t{p.get<bool>() ? 1 : 0});
+    else if (p.is_number_integer())
+      st.bind(i, p.get<int64_t>());
+    else if (p.is_number())
+      st.bind(i, p.get<double>());
+    else if (p.is_string())
+      st.bind(i, std::string_view(p.get_ref<const std::string&>()));
+    else
+      SHOAL_FAIL("SQL parameter {} has unsupported type {}", i, p.type_name());
+    ++i;
+  }
+  json out = {{"columns", json::array()}, {"rows", json::array()}};
+  int n = sqlite3_column_count(st.stmt_);
+  for (int c = 0; c < n; ++c) out["columns"].push_back(sqlite3_column_name(st.stmt_, c));
+  while (st.step()) {
+    SHOAL_CHECK(out["rows"].size() < max_rows, "query returned more than {} rows", max_rows);
+    json row = json::array();
+    for (int c = 0; c < n; ++c) {
+      switch (sqlite3_column_type(st.stmt_, c)) {
+        case SQLITE_INTEGER:
+          row.push_back(st.int64(c));
+          break;
+        case SQLITE_FLOAT:
+          row.push_back(st.real(c));
+          break;
+        case SQLITE_NULL:
+          row.push_back(nullptr);
+          break;
+        default:
+          row.push_back(st.text(c));
+      }
+    }
+    out["rows"].push_back(std::move(row));
+  }
+  return out;
+}
+
+json SqliteDb::objects(const std::string& sql, const json& params) {
+  json r = query(sql, params);
+  json out = json::array();
+  for (const auto& row : r["rows"]) {
+    json o = json::object();
+    for (size_t c = 0; c < row.size(); ++c) o[r["columns"][c].get<std::string>()] = row[c];
+    out.push_back(std::move(o));
+  }
+  return out;
+}
+
+namespace {
+int reads_only(void*, int action, const char*, const char*, const char*, const char*) {
+  switch (action) {
+    case SQLITE_SELECT:
+    case SQLITE_READ:
+    case SQLITE_FUNCTION:
+    case SQLITE_RECURSIVE:
+      return SQLITE_OK;
+    default:
+      return SQLITE_DENY;
+  }
+}
+}  // namespace
+
+void SqliteDb::restrict_to_reads() {
+  sqlite3_limit(db_, SQLITE_LIMIT_ATTACHED, 0);
+  sqlite3_set_authorizer(db_, reads_only, nullptr);
+}
+
+std::string sql_quote(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) {
+    out += c;
+    if (c == '\'') out += '\'';
+  }
+  return out + "'";
+}
+
 SqliteStatement::SqliteStatement(SqliteDb& db, const std::string& sql) : db_(&db), sql_(sql) {
-  int rc = sqlite3_prepare_v2(db.handle(), sql.c_str(), -1, &stmt_, nullptr);
+  const char* tail = nullptr;
+  int rc = sqlite3_prepare_v2(db.handle(), sql_.c_str(), -1, &stmt_, &tail);
   check(rc, "prepare");
+  tail_ = tail ? static_cast<size_t>(tail - sql_.c_str()) : sql_.size();
 }
 
 SqliteStatement::~SqliteStatement() {
@@ -65,7 +163,7 @@ SqliteStatement::~SqliteStatement() {
 }
 
 SqliteStatement::SqliteStatement(SqliteStatement&& o) noexcept
-    : db_(o.db_), stmt_(o.stmt_), sql_(std::move(o.sql_)) {
+    : db_(o.db_), stmt_(o.stmt_), tail_(o.tail_), sql_(std::move(o.sql_)) {
   o.stmt_ = nullptr;
 }
 

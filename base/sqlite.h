@@ -1,10 +1,13 @@
-// A thin RAII layer over SQLite's C API: a database handle (WAL, busy timeout, foreign keys),
-// prepared statements with typed binds and column reads, and transactions that roll back unless
-// committed. Errors throw shoal::Error with SQLite's message and the statement. Not an ORM.
+// A thin RAII layer over SQLite's C API: a database handle (WAL for files, busy timeout), prepared
+// statements with typed binds and column reads, one-statement queries with JSON parameters and
+// rows (the task worlds' tools speak JSON), a read-only authorizer for model-written SQL, and
+// transactions that roll back unless committed. Errors throw shoal::Error with SQLite's message
+// and the statement. Not an ORM.
 #pragma once
 
 #include <cstdint>
 #include <cstring>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -19,14 +22,28 @@ class SqliteStatement;
 
 class SqliteDb {
  public:
-  // Opens (creating when `create`) the file; WAL journal, NORMAL sync, 10 s busy timeout.
-  explicit SqliteDb(const std::string& path, bool create = true, bool read_only = false);
+  // Opens (creating when `create`) the file, or an in-memory database for ":memory:"; WAL
+  // journal and NORMAL sync for writable files, 10 s busy timeout.
+  explicit SqliteDb(const std::string& path = ":memory:", bool create = true,
+                    bool read_only = false);
   ~SqliteDb();
+  SqliteDb(SqliteDb&& other) noexcept;
   SqliteDb(const SqliteDb&) = delete;
   SqliteDb& operator=(const SqliteDb&) = delete;
 
   void exec(const std::string& sql);  // one or more statements, no results
   SqliteStatement prepare(const std::string& sql);
+  // One statement with `params` (a JSON array of null/bool/int/real/string) bound in order.
+  // Returns {"columns": [...], "rows": [[...], ...]}; more than max_rows rows is an error.
+  nlohmann::json query(const std::string& sql,
+                       const nlohmann::json& params = nlohmann::json::array(),
+                       size_t max_rows = 100000);
+  // The rows as objects keyed by column name.
+  nlohmann::json objects(const std::string& sql,
+                         const nlohmann::json& params = nlohmann::json::array());
+  // From now on only reads: SELECT over the existing tables and functions (an authorizer denies
+  // every write, PRAGMA, ATTACH and DETACH; no database can be attached).
+  void restrict_to_reads();
   int64_t last_insert_rowid() const;
   int64_t changes() const;
   const std::string& path() const { return path_; }
@@ -73,9 +90,11 @@ class SqliteStatement {
   }
 
  private:
+  friend class SqliteDb;
   void check(int rc, const char* what) const;
   SqliteDb* db_;
   sqlite3_stmt* stmt_ = nullptr;
+  size_t tail_ = 0;  // offset in sql_ of what follows the first statement
   std::string sql_;
 };
 
@@ -90,5 +109,8 @@ class SqliteTransaction {
   SqliteDb* db_;
   bool done_ = false;
 };
+
+// Quotes a string as an SQL literal ('O''Brien').
+std::string sql_quote(const std::string& s);
 
 }  // namespace shoal

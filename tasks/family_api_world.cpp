@@ -11,9 +11,9 @@
 #include <set>
 
 #include "base/error.h"
+#include "base/sqlite.h"
 #include "tasks/registry.h"
 #include "tasks/rng.h"
-#include "tasks/sqlite.h"
 
 namespace shoal::tasks {
 namespace {
@@ -31,11 +31,11 @@ std::string money(int64_t cents) {
 }
 
 struct WorldState : EnvState {
-  Sqlite db;
+  SqliteDb db;
 };
 
 // Every table's rows in id order: what "the database's final state" means.
-json dump_state(Sqlite& db) {
+json dump_state(SqliteDb& db) {
   json out = json::object();
   // (A named result: a range-for over a member of a temporary would dangle.)
   json tables = db.query("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name");
@@ -91,7 +91,7 @@ json bank_tools() {
                      {{"account_id", integer}}, {"account_id"})});
 }
 
-json bank_call(Sqlite& db, const std::string& name, const json& a) {
+json bank_call(SqliteDb& db, const std::string& name, const json& a) {
   if (name == "find_customers") {
     only_keys(a, {"name"});
     std::string q = trim(str_arg(a, "name"));
@@ -132,7 +132,7 @@ json bank_call(Sqlite& db, const std::string& name, const json& a) {
     db.query("UPDATE accounts SET balance_cents = balance_cents + ? WHERE id = ?", {c, to});
     db.query("INSERT INTO transfers(from_account, to_account, amount_cents) VALUES (?, ?, ?)",
              {from, to, c});
-    return {{"transfer_id", db.last_insert_id()}, {"status", "completed"}};
+    return {{"transfer_id", db.last_insert_rowid()}, {"status", "completed"}};
   }
   if (name == "freeze_account") {
     only_keys(a, {"account_id"});
@@ -178,7 +178,7 @@ json shop_tools() {
                      {{"order_id", integer}}, {"order_id"})});
 }
 
-json shop_call(Sqlite& db, const std::string& name, const json& a) {
+json shop_call(SqliteDb& db, const std::string& name, const json& a) {
   if (name == "find_customer") {
     only_keys(a, {"email"});
     json r = db.objects(
@@ -216,7 +216,7 @@ json shop_call(Sqlite& db, const std::string& name, const json& a) {
     db.query(
         "INSERT INTO orders(customer_id, product_id, quantity, status) VALUES (?, ?, ?, 'placed')",
         {c, p, q});
-    return {{"order_id", db.last_insert_id()}, {"status", "placed"}};
+    return {{"order_id", db.last_insert_rowid()}, {"status", "placed"}};
   }
   if (name == "list_orders") {
     only_keys(a, {"customer_id"});
@@ -284,7 +284,7 @@ class ApiWorldFamily final : public Family {
 
   json call_tool(const Task& t, EnvState* state, const std::string& name,
                  const json& args) const override {
-    Sqlite& db = static_cast<WorldState*>(state)->db;
+    SqliteDb& db = static_cast<WorldState*>(state)->db;
     return t.environment["domain"] == "bank" ? bank_call(db, name, args)
                                              : shop_call(db, name, args);
   }

@@ -9,9 +9,9 @@
 #include <set>
 
 #include "base/error.h"
+#include "base/sqlite.h"
 #include "tasks/registry.h"
 #include "tasks/rng.h"
-#include "tasks/sqlite.h"
 
 namespace shoal::tasks {
 namespace {
@@ -42,7 +42,7 @@ constexpr const char* kSchema =
     "project_id INTEGER NOT NULL REFERENCES projects(id), hours INTEGER NOT NULL);\n";
 
 struct DbState : EnvState {
-  Sqlite db;
+  SqliteDb db;
 };
 
 // A question: its text, the gold query, and wrong queries a careless solver might write.
@@ -147,7 +147,7 @@ class SqlFamily final : public Family {
       sql += fmt::format("INSERT INTO assignments VALUES ({}, {}, {}, {});\n", i,
                          rng.uniform(1, n_emp), rng.uniform(1, static_cast<int64_t>(pw.size())),
                          rng.uniform(1, 60));
-    Sqlite db;
+    SqliteDb db;
     db.exec(sql);
     // Pick a question whose answer is well defined (no ties for "which", not empty where that
     // would make it trivial) and whose wrong queries give other answers.
@@ -202,7 +202,7 @@ class SqlFamily final : public Family {
   Episode perturb(const Task& t, const Episode&, uint64_t seed,
                   sandbox::Client* sb) const override {
     Rng rng(name() + "/perturb", seed, t.difficulty);
-    Sqlite db;
+    SqliteDb db;
     db.exec(t.environment["sql"].get<std::string>());
     json gold = db.query(t.verifier["gold_query"].get<std::string>());
     bool list = t.verifier["list"];
@@ -228,7 +228,7 @@ class SqlFamily final : public Family {
   Reward check(const Task& t, const Episode& e, sandbox::Client*) const override {
     auto ans = final_answer(e);
     if (!ans) return fail("no final ANSWER line", {{"answer", 0}});
-    Sqlite db;
+    SqliteDb db;
     db.exec(t.environment["sql"].get<std::string>());
     json gold = db.query(t.verifier["gold_query"].get<std::string>());
     if (!answer_matches(*ans, gold, t.verifier["list"].get<bool>()))
@@ -249,7 +249,7 @@ class SqlFamily final : public Family {
     return tr.take();
   }
 
-  static Question question(Rng& rng, int d, Sqlite& db) {
+  static Question question(Rng& rng, int d, SqliteDb& db) {
     auto pick_name = [&](const std::string& sql) {
       json rows = db.query(sql)["rows"];
       return rows[static_cast<size_t>(rng.index(rows.size()))][0].get<std::string>();

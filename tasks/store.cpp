@@ -65,13 +65,16 @@ TaskStore::TaskStore(const std::string& path, bool create)
     : db_([&] {
         SHOAL_CHECK(create || std::filesystem::exists(path),
                     "task store {} does not exist (create one with shoal tasks synth)", path);
-        return Sqlite(path, create ? Sqlite::Open::read_write_create : Sqlite::Open::read_write);
+        try {
+          return SqliteDb(path, create);
+        } catch (const shoal::Error& e) {  // e.g. a file that is not a database
+          SHOAL_FAIL("{} is not a shoal task store: {}", path, e.message());
+        }
       }()) {
   try {
     json tables = db_.query("SELECT name FROM sqlite_master WHERE type = 'table'")["rows"];
     if (tables.empty()) {
-      db_.exec("PRAGMA journal_mode = WAL");
-      Transaction tx(db_);
+      SqliteTransaction tx(db_);
       db_.exec(kSchema);
       db_.query("INSERT INTO meta(key, value) VALUES ('schema', ?)", {kSchemaTag});
       tx.commit();
@@ -90,7 +93,7 @@ bool TaskStore::contains_hash(const std::string& hash) {
 }
 
 int TaskStore::add(const std::vector<Entry>& entries) {
-  Transaction tx(db_);
+  SqliteTransaction tx(db_);
   int added = 0;
   for (const auto& e : entries) {
     const Task& t = e.task;

@@ -9,7 +9,7 @@
 #include <string>
 #include <vector>
 
-#include "tasks/sqlite.h"
+#include "base/sqlite.h"
 #include "tasks/task.h"
 
 namespace shoal::tasks {
@@ -62,7 +62,7 @@ class TaskStore {
   const std::string& path() const { return db_.path(); }
 
  private:
-  Sqlite db_;
+  SqliteDb db_;
 };
 
 }  // namespace shoal::tasks

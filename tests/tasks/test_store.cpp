@@ -149,7 +149,7 @@ TEST(TasksStore, MissingAndCorruptStoresAreClearErrors) {
   }
   tmp.remove();
   {
-    Sqlite other(tmp.path, Sqlite::Open::read_write_create);
+    SqliteDb other(tmp.path, true);
     other.exec("CREATE TABLE something(x)");
   }
   EXPECT_THROW(TaskStore(tmp.path, false), Error);
