@@ -11,28 +11,23 @@
 #include <numeric>
 
 #include "engine/backend.h"
+#include "engine/backend_checks.h"
 
 namespace shoal {
 namespace {
 
+// The interface's contracts (backend_checks.h), for host tensors.
 void check_f32(const Tensor& t, const char* what) {
-  SHOAL_CHECK(t.defined(), "{}: undefined tensor", what);
-  SHOAL_CHECK(t.dtype() == DType::f32, "{}: expected f32, got {}", what, t.describe());
-  SHOAL_CHECK(t.device() == Device::cpu, "{}: tensor on {}", what, device_name(t.device()));
+  backend_checks::f32(t, Device::cpu, what);
 }
 void check_contig_f32(const Tensor& t, const char* what) {
-  check_f32(t, what);
-  SHOAL_CHECK(t.is_contiguous(), "{}: expected a contiguous tensor, got {}", what, t.describe());
+  backend_checks::contig_f32(t, Device::cpu, what);
 }
-void check_rows(const Tensor& t, const char* what) {  // 2-D, last stride 1
-  check_f32(t, what);
-  SHOAL_CHECK(t.ndim() == 2 && (t.stride(1) == 1 || t.size(1) <= 1),
-              "{}: expected a 2-D tensor with unit last stride, got {} strides {}", what,
-              t.describe(), shape_str(t.strides()));
+void check_rows(const Tensor& t, const char* what) {
+  backend_checks::rows(t, Device::cpu, what);
 }
-int64_t row_stride(const Tensor& t) {
-  return std::max<int64_t>(t.stride(0), t.size(1));
-}
+using backend_checks::packed_square_size;
+using backend_checks::row_stride;
 
 inline float sigmoidf(float x) {
   return 1.0f / (1.0f + std::exp(-x));
@@ -126,14 +121,8 @@ class CpuBackend final : public Backend {
 
   void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y,
                        Tensor& rstd) override {
-    check_rows(x, "rmsnorm x");
-    check_rows(y, "rmsnorm y");
-    check_contig_f32(w, "rmsnorm w");
-    check_contig_f32(rstd, "rmsnorm rstd");
+    backend_checks::rmsnorm(x, w, y, rstd, Device::cpu);
     int64_t n = x.size(0), d = x.size(1);
-    SHOAL_CHECK(w.numel() == d && y.shape() == x.shape() && rstd.numel() == n,
-                "rmsnorm shapes: x {} w {} y {} rstd {}", x.describe(), w.describe(), y.describe(),
-                rstd.describe());
     const float* px = x.f32();
     const float* pw = w.f32();
     float* py = y.f32();
@@ -232,25 +221,7 @@ class CpuBackend final : public Backend {
 
   void check_attention(const Tensor& q, const Tensor& k, const Tensor& v,
                        const std::vector<int64_t>& cu, const Tensor& out, const Tensor& lse) {
-    for (const Tensor* t : {&q, &k, &v, &out}) {
-      check_f32(*t, "attention");
-      SHOAL_CHECK(t->ndim() == 3 && t->stride(2) == 1,
-                  "attention: operands must be [N, H, d] with unit last stride, got {}",
-                  t->describe());
-    }
-    int64_t n = q.size(0), h = q.size(1);
-    SHOAL_CHECK(k.size(0) == n && v.size(0) == n && k.size(1) == h && v.size(1) == h &&
-                    k.size(2) == q.size(2) && out.size(0) == n && out.size(1) == h &&
-                    out.size(2) == v.size(2),
-                "attention shapes: q {} k {} v {} out {}", q.describe(), k.describe(), v.describe(),
-                out.describe());
-    check_contig_f32(lse, "attention lse");
-    SHOAL_CHECK(lse.numel() == h * n, "attention: lse {} must hold H*N = {}", lse.describe(),
-                h * n);
-    SHOAL_CHECK(cu.size() >= 2 && cu.front() == 0 && cu.back() == n,
-                "attention: cu_seqlens must run from 0 to N = {}", n);
-    for (size_t i = 1; i < cu.size(); ++i)
-      SHOAL_CHECK(cu[i] >= cu[i - 1], "attention: cu_seqlens must be non-decreasing");
+    backend_checks::attention(q, k, v, cu, out, lse, Device::cpu);
   }
 
   // Scores S = scale * Q_h K_h^T for one sequence and head, causal, into p (L x L).
@@ -264,9 +235,7 @@ class CpuBackend final : public Backend {
   // and every token keeps at least one key at or before itself.
   void check_sparse(const Tensor* idx, const std::vector<int64_t>& cu, int64_t n) {
     if (!idx) return;
-    SHOAL_CHECK(
-        idx->dtype() == DType::i32 && idx->ndim() == 2 && idx->size(0) == n && idx->is_contiguous(),
-        "sparse attention: indices must be contiguous i32[{}, K], got {}", n, idx->describe());
+    backend_checks::sparse_layout(*idx, n);
     int64_t kk = idx->size(1);
     const int32_t* pi = idx->i32();
     for (size_t s = 0; s + 1 < cu.size(); ++s)
@@ -442,23 +411,9 @@ class CpuBackend final : public Backend {
     }
   }
 
-  static int64_t packed_square_size(const std::vector<int64_t>& cu) {
-    int64_t total = 0;
-    for (size_t s = 0; s + 1 < cu.size(); ++s) total += (cu[s + 1] - cu[s]) * (cu[s + 1] - cu[s]);
-    return total;
-  }
-
   void check_indexer(const Tensor& q, const Tensor& k, const Tensor& w,
                      const std::vector<int64_t>& cu) {
-    check_f32(q, "indexer q");
-    check_rows(k, "indexer k");
-    check_rows(w, "indexer weights");
-    int64_t n = q.size(0);
-    SHOAL_CHECK(q.ndim() == 3 && q.stride(2) == 1 && k.size(0) == n && k.size(1) == q.size(2) &&
-                    w.size(0) == n && w.size(1) == q.size(1),
-                "indexer shapes: q {} k {} w {}", q.describe(), k.describe(), w.describe());
-    SHOAL_CHECK(cu.size() >= 2 && cu.front() == 0 && cu.back() == n,
-                "indexer: cu_seqlens must run from 0 to N = {}", n);
+    backend_checks::indexer(q, k, w, cu, Device::cpu);
   }
 
   void indexer_scores(const Tensor& q, const Tensor& k, const Tensor& w,
@@ -652,15 +607,8 @@ class CpuBackend final : public Backend {
 
   void layernorm_forward(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Tensor& y,
                          Tensor& mean, Tensor& rstd) override {
-    check_rows(x, "layernorm x");
-    check_rows(y, "layernorm y");
-    for (const Tensor* t : {&w, &b, (const Tensor*)&mean, (const Tensor*)&rstd})
-      check_contig_f32(*t, "layernorm");
+    backend_checks::layernorm(x, w, b, y, mean, rstd, Device::cpu);
     int64_t n = x.size(0), d = x.size(1);
-    SHOAL_CHECK(w.numel() == d && b.numel() == d && y.shape() == x.shape() && mean.numel() == n &&
-                    rstd.numel() == n,
-                "layernorm shapes: x {} w {} b {} y {}", x.describe(), w.describe(), b.describe(),
-                y.describe());
 #pragma omp parallel for schedule(static) if (n * d > 16384)
     for (int64_t r = 0; r < n; ++r) {
       const float* xr = x.f32() + r * row_stride(x);

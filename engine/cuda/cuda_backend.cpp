@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "engine/backend_checks.h"
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/cuda_context.h"
 #include "kernels/attention/attention.h"
@@ -39,33 +40,20 @@ void check_dev(const Tensor& t, const char* what) {
   SHOAL_CHECK(t.device() == Device::cuda, "{}: tensor {} is not on the CUDA device", what,
               t.describe());
 }
+// The interface's contracts (backend_checks.h), for device tensors.
 void check_f32(const Tensor& t, const char* what) {
-  check_dev(t, what);
-  SHOAL_CHECK(t.dtype() == DType::f32, "{}: expected f32, got {}", what, t.describe());
+  backend_checks::f32(t, Device::cuda, what);
 }
 void check_contig_f32(const Tensor& t, const char* what) {
-  check_f32(t, what);
-  SHOAL_CHECK(t.is_contiguous(), "{}: expected a contiguous tensor, got {}", what, t.describe());
+  backend_checks::contig_f32(t, Device::cuda, what);
 }
 void check_rows(const Tensor& t, const char* what) {
-  check_f32(t, what);
-  SHOAL_CHECK(t.ndim() == 2 && (t.stride(1) == 1 || t.size(1) <= 1),
-              "{}: expected a 2-D tensor with unit last stride, got {} strides {}", what,
-              t.describe(), shape_str(t.strides()));
+  backend_checks::rows(t, Device::cuda, what);
 }
-int64_t row_stride(const Tensor& t) {
-  return std::max<int64_t>(t.stride(0), t.size(1));
-}
+using backend_checks::packed_square_size;
+using backend_checks::row_stride;
 void check_cu(const std::vector<int64_t>& cu, int64_t n, const char* what) {
-  SHOAL_CHECK(cu.size() >= 2 && cu.front() == 0 && cu.back() == n,
-              "{}: cu_seqlens must run from 0 to N = {}", what, n);
-  for (size_t i = 1; i < cu.size(); ++i)
-    SHOAL_CHECK(cu[i] >= cu[i - 1], "{}: cu_seqlens must be non-decreasing", what);
-}
-int64_t packed_square_size(const std::vector<int64_t>& cu) {
-  int64_t total = 0;
-  for (size_t s = 0; s + 1 < cu.size(); ++s) total += (cu[s + 1] - cu[s]) * (cu[s + 1] - cu[s]);
-  return total;
+  backend_checks::cu_seqlens(cu, n, what);
 }
 
 kernels::ElemType elem_type(DType t) {
@@ -247,14 +235,8 @@ class CudaBackend final : public Backend {
 
   void rmsnorm_forward(const Tensor& x, const Tensor& w, float eps, Tensor& y,
                        Tensor& rstd) override {
-    check_rows(x, "rmsnorm x");
-    check_rows(y, "rmsnorm y");
-    check_contig_f32(w, "rmsnorm w");
-    check_contig_f32(rstd, "rmsnorm rstd");
+    backend_checks::rmsnorm(x, w, y, rstd, Device::cuda);
     const int64_t n = x.size(0), d = x.size(1);
-    SHOAL_CHECK(w.numel() == d && y.shape() == x.shape() && rstd.numel() == n,
-                "rmsnorm shapes: x {} w {} y {} rstd {}", x.describe(), w.describe(), y.describe(),
-                rstd.describe());
     if (n == 0) return;
     kernels::RmsNormParams p;
     p.x = x.f32();
@@ -335,26 +317,11 @@ class CudaBackend final : public Backend {
 
   void check_attention(const Tensor& q, const Tensor& k, const Tensor& v,
                        const std::vector<int64_t>& cu, const Tensor& out, const Tensor& lse) {
-    for (const Tensor* t : {&q, &k, &v, &out}) {
-      check_f32(*t, "attention");
-      SHOAL_CHECK(t->ndim() == 3 && t->stride(2) == 1,
-                  "attention: operands must be [N, H, d] with unit last stride, got {}",
-                  t->describe());
-    }
-    const int64_t n = q.size(0), h = q.size(1);
-    SHOAL_CHECK(k.size(0) == n && v.size(0) == n && k.size(1) == h && v.size(1) == h &&
-                    k.size(2) == q.size(2) && out.size(0) == n && out.size(1) == h &&
-                    out.size(2) == v.size(2),
-                "attention shapes: q {} k {} v {} out {}", q.describe(), k.describe(), v.describe(),
-                out.describe());
+    backend_checks::attention(q, k, v, cu, out, lse, Device::cuda);
     SHOAL_CHECK(
         q.size(2) <= kernels::kAttentionMaxHeadDim && v.size(2) <= kernels::kAttentionMaxHeadDim,
         "attention: head dims {} / {} exceed the CUDA kernel's {}", q.size(2), v.size(2),
         kernels::kAttentionMaxHeadDim);
-    check_contig_f32(lse, "attention lse");
-    SHOAL_CHECK(lse.numel() == h * n, "attention: lse {} must hold H*N = {}", lse.describe(),
-                h * n);
-    check_cu(cu, n, "attention");
   }
 
   // Uploads cu_seqlens followed by each sequence's offset in the packed [L, L] blocks: i64[2(S+1)].
@@ -374,9 +341,7 @@ class CudaBackend final : public Backend {
 
   Tensor sparse_on_device(const Tensor* idx, int64_t n) {
     if (!idx) return {};
-    SHOAL_CHECK(
-        idx->dtype() == DType::i32 && idx->ndim() == 2 && idx->size(0) == n && idx->is_contiguous(),
-        "sparse attention: indices must be contiguous i32[{}, K], got {}", n, idx->describe());
+    backend_checks::sparse_layout(*idx, n);
     SHOAL_CHECK(idx->size(1) >= 1, "sparse attention: K must be >= 1");
     return on_device(*idx, "sparse attention indices");
   }
@@ -485,17 +450,10 @@ class CudaBackend final : public Backend {
 
   void check_indexer(const Tensor& q, const Tensor& k, const Tensor& w,
                      const std::vector<int64_t>& cu) {
-    check_f32(q, "indexer q");
-    check_rows(k, "indexer k");
-    check_rows(w, "indexer weights");
-    const int64_t n = q.size(0);
-    SHOAL_CHECK(q.ndim() == 3 && q.stride(2) == 1 && k.size(0) == n && k.size(1) == q.size(2) &&
-                    w.size(0) == n && w.size(1) == q.size(1),
-                "indexer shapes: q {} k {} w {}", q.describe(), k.describe(), w.describe());
+    backend_checks::indexer(q, k, w, cu, Device::cuda);
     SHOAL_CHECK(q.size(2) <= kernels::kIndexerMaxHeadDim,
                 "indexer: head dim {} exceeds the CUDA kernel's {}", q.size(2),
                 kernels::kIndexerMaxHeadDim);
-    check_cu(cu, n, "indexer");
   }
 
   kernels::IndexerParams indexer_params(const Tensor& q, const Tensor& k, const Tensor& w,
@@ -639,15 +597,8 @@ class CudaBackend final : public Backend {
 
   void layernorm_forward(const Tensor& x, const Tensor& w, const Tensor& b, float eps, Tensor& y,
                          Tensor& mean, Tensor& rstd) override {
-    check_rows(x, "layernorm x");
-    check_rows(y, "layernorm y");
-    for (const Tensor* t : {&w, &b, (const Tensor*)&mean, (const Tensor*)&rstd})
-      check_contig_f32(*t, "layernorm");
+    backend_checks::layernorm(x, w, b, y, mean, rstd, Device::cuda);
     const int64_t n = x.size(0), d = x.size(1);
-    SHOAL_CHECK(w.numel() == d && b.numel() == d && y.shape() == x.shape() && mean.numel() == n &&
-                    rstd.numel() == n,
-                "layernorm shapes: x {} w {} b {} y {}", x.describe(), w.describe(), b.describe(),
-                y.describe());
     kernels::LayerNormParams p;
     p.x = x.f32();
     p.w = w.f32();

@@ -1,0 +1,105 @@
+// The shared backend argument checks (backend_checks.h).
+#include "engine/backend_checks.h"
+
+#include <algorithm>
+
+#include "base/error.h"
+
+namespace shoal::backend_checks {
+
+void f32(const Tensor& t, Device device, const char* what) {
+  SHOAL_CHECK(t.defined(), "{}: undefined tensor", what);
+  SHOAL_CHECK(t.dtype() == DType::f32, "{}: expected f32, got {}", what, t.describe());
+  SHOAL_CHECK(t.device() == device, "{}: tensor {} is on {}, expected {}", what, t.describe(),
+              device_name(t.device()), device_name(device));
+}
+
+void contig_f32(const Tensor& t, Device device, const char* what) {
+  f32(t, device, what);
+  SHOAL_CHECK(t.is_contiguous(), "{}: expected a contiguous tensor, got {}", what, t.describe());
+}
+
+void rows(const Tensor& t, Device device, const char* what) {
+  f32(t, device, what);
+  SHOAL_CHECK(t.ndim() == 2 && (t.stride(1) == 1 || t.size(1) <= 1),
+              "{}: expected a 2-D tensor with unit last stride, got {} strides {}", what,
+              t.describe(), shape_str(t.strides()));
+}
+
+int64_t row_stride(const Tensor& t) {
+  return std::max<int64_t>(t.stride(0), t.size(1));
+}
+
+void cu_seqlens(const std::vector<int64_t>& cu, int64_t n, const char* what) {
+  SHOAL_CHECK(cu.size() >= 2 && cu.front() == 0 && cu.back() == n,
+              "{}: cu_seqlens must run from 0 to N = {}", what, n);
+  for (size_t i = 1; i < cu.size(); ++i)
+    SHOAL_CHECK(cu[i] >= cu[i - 1], "{}: cu_seqlens must be non-decreasing", what);
+}
+
+int64_t packed_square_size(const std::vector<int64_t>& cu) {
+  int64_t total = 0;
+  for (size_t s = 0; s + 1 < cu.size(); ++s) total += (cu[s + 1] - cu[s]) * (cu[s + 1] - cu[s]);
+  return total;
+}
+
+void rmsnorm(const Tensor& x, const Tensor& w, const Tensor& y, const Tensor& rstd, Device device) {
+  rows(x, device, "rmsnorm x");
+  rows(y, device, "rmsnorm y");
+  contig_f32(w, device, "rmsnorm w");
+  contig_f32(rstd, device, "rmsnorm rstd");
+  SHOAL_CHECK(w.numel() == x.size(1) && y.shape() == x.shape() && rstd.numel() == x.size(0),
+              "rmsnorm shapes: x {} w {} y {} rstd {}", x.describe(), w.describe(), y.describe(),
+              rstd.describe());
+}
+
+void layernorm(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& y,
+               const Tensor& mean, const Tensor& rstd, Device device) {
+  rows(x, device, "layernorm x");
+  rows(y, device, "layernorm y");
+  for (const Tensor* t : {&w, &b, &mean, &rstd}) contig_f32(*t, device, "layernorm");
+  int64_t n = x.size(0), d = x.size(1);
+  SHOAL_CHECK(w.numel() == d && b.numel() == d && y.shape() == x.shape() && mean.numel() == n &&
+                  rstd.numel() == n,
+              "layernorm shapes: x {} w {} b {} y {}", x.describe(), w.describe(), b.describe(),
+              y.describe());
+}
+
+void attention(const Tensor& q, const Tensor& k, const Tensor& v, const std::vector<int64_t>& cu,
+               const Tensor& out, const Tensor& lse, Device device) {
+  for (const Tensor* t : {&q, &k, &v, &out}) {
+    f32(*t, device, "attention");
+    SHOAL_CHECK(t->ndim() == 3 && t->stride(2) == 1,
+                "attention: operands must be [N, H, d] with unit last stride, got {}",
+                t->describe());
+  }
+  int64_t n = q.size(0), h = q.size(1);
+  SHOAL_CHECK(k.size(0) == n && v.size(0) == n && k.size(1) == h && v.size(1) == h &&
+                  k.size(2) == q.size(2) && out.size(0) == n && out.size(1) == h &&
+                  out.size(2) == v.size(2),
+              "attention shapes: q {} k {} v {} out {}", q.describe(), k.describe(), v.describe(),
+              out.describe());
+  contig_f32(lse, device, "attention lse");
+  SHOAL_CHECK(lse.numel() == h * n, "attention: lse {} must hold H*N = {}", lse.describe(), h * n);
+  cu_seqlens(cu, n, "attention");
+}
+
+void sparse_layout(const Tensor& idx, int64_t n) {
+  SHOAL_CHECK(
+      idx.dtype() == DType::i32 && idx.ndim() == 2 && idx.size(0) == n && idx.is_contiguous(),
+      "sparse attention: indices must be contiguous i32[{}, K], got {}", n, idx.describe());
+}
+
+void indexer(const Tensor& q, const Tensor& k, const Tensor& w, const std::vector<int64_t>& cu,
+             Device device) {
+  f32(q, device, "indexer q");
+  rows(k, device, "indexer k");
+  rows(w, device, "indexer weights");
+  int64_t n = q.size(0);
+  SHOAL_CHECK(q.ndim() == 3 && q.stride(2) == 1 && k.size(0) == n && k.size(1) == q.size(2) &&
+                  w.size(0) == n && w.size(1) == q.size(1),
+              "indexer shapes: q {} k {} w {}", q.describe(), k.describe(), w.describe());
+  cu_seqlens(cu, n, "indexer");
+}
+
+}  // namespace shoal::backend_checks

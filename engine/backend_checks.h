@@ -1,0 +1,32 @@
+// Argument checks shared by every backend: the contracts engine/backend.h states (dtype, device,
+// layout, shapes, cu_seqlens), written once so the CPU and CUDA backends reject exactly the same
+// calls with the same messages. A backend adds only the limits of its own kernels. Not the ops.
+#pragma once
+
+#include <vector>
+
+#include "engine/tensor.h"
+
+namespace shoal::backend_checks {
+
+void f32(const Tensor& t, Device device, const char* what);         // defined, f32, on device
+void contig_f32(const Tensor& t, Device device, const char* what);  // and contiguous
+void rows(const Tensor& t, Device device, const char* what);        // and 2-D, unit last stride
+// The distance between rows of a 2-D tensor with unit last stride.
+int64_t row_stride(const Tensor& t);
+// 0 = cu[0] <= cu[1] <= ... <= cu.back() = n.
+void cu_seqlens(const std::vector<int64_t>& cu, int64_t n, const char* what);
+// Sum over sequences of L^2: the size of the packed per-sequence [L, L] blocks.
+int64_t packed_square_size(const std::vector<int64_t>& cu);
+
+void rmsnorm(const Tensor& x, const Tensor& w, const Tensor& y, const Tensor& rstd, Device device);
+void layernorm(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& y,
+               const Tensor& mean, const Tensor& rstd, Device device);
+void attention(const Tensor& q, const Tensor& k, const Tensor& v, const std::vector<int64_t>& cu,
+               const Tensor& out, const Tensor& lse, Device device);
+// A DSA selection's layout: contiguous i32 [n, K] (its values are checked by the backend).
+void sparse_layout(const Tensor& idx, int64_t n);
+void indexer(const Tensor& q, const Tensor& k, const Tensor& w, const std::vector<int64_t>& cu,
+             Device device);
+
+}  // namespace shoal::backend_checks
