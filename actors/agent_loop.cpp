@@ -50,7 +50,7 @@ bool offers_tool(const json& tools, const std::string& name) {
 
 AgentEpisode run_agent(const Tokenizer& tok, const json& messages, const json& tools,
                        const GenerateFn& generate, const ToolFn& run_tool,
-                       const GenOptions& sampling, const AgentLimits& limits) {
+                       const SamplingParams& sampling, const AgentLimits& limits) {
   AgentEpisode ep;
   ep.prompt = agent_prompt(messages, tools, limits.list_tools);
   std::vector<ChatMessage> history = chat_messages_from_json(ep.prompt);
@@ -77,7 +77,7 @@ AgentEpisode run_agent(const Tokenizer& tok, const json& messages, const json& t
       ep.status = "truncated";
       break;
     }
-    GenOptions opt = sampling;
+    SamplingParams opt = sampling;
     opt.max_tokens = std::min(limits.max_new_tokens, room);
     opt.seed = sampling.seed + static_cast<uint64_t>(turn);
     opt.stop_ids = {*eos};

@@ -13,20 +13,10 @@
 #include <string>
 #include <vector>
 
+#include "engine/generate/generate.h"
 #include "engine/tokenizer/tokenizer.h"
 
 namespace shoal::actors {
-
-struct GenOptions {
-  bool greedy = false;
-  double temperature = 1.0;
-  int64_t top_k = 0;
-  double top_p = 1.0;
-  double min_p = 0.0;
-  uint64_t seed = 0;
-  int64_t max_tokens = 64;
-  std::vector<int32_t> stop_ids;
-};
 
 struct GenOutput {
   std::vector<int32_t> ids;     // generated, including the stop id when one was hit
@@ -35,8 +25,10 @@ struct GenOutput {
   int64_t weight_version = 0;   // the weights that sampled it
 };
 
-// Continues `context` (token ids); may be called from any thread the caller chooses.
-using GenerateFn = std::function<GenOutput(const std::vector<int32_t>& context, const GenOptions&)>;
+// Continues `context` (token ids) with the given sampling (max_tokens and stop_ids included); may
+// be called from any thread the caller chooses.
+using GenerateFn =
+    std::function<GenOutput(const std::vector<int32_t>& context, const SamplingParams&)>;
 // Runs one tool call; returns what the model reads (a string is used as is, anything else as
 // JSON text). Must not throw for bad calls (return {"error": ...}); a throw ends the episode as
 // failed.
@@ -71,7 +63,7 @@ nlohmann::json agent_prompt(const nlohmann::json& messages, const nlohmann::json
 // Runs one episode. The seed of turn t is sampling.seed + t.
 AgentEpisode run_agent(const Tokenizer& tokenizer, const nlohmann::json& messages,
                        const nlohmann::json& tools, const GenerateFn& generate,
-                       const ToolFn& run_tool, const GenOptions& sampling,
+                       const ToolFn& run_tool, const SamplingParams& sampling,
                        const AgentLimits& limits);
 
 }  // namespace shoal::actors

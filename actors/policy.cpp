@@ -74,18 +74,11 @@ void Policy::resume_generation() {
   running_ = true;
 }
 
-GenOutput Policy::generate(const std::vector<int32_t>& context, const GenOptions& o) {
+GenOutput Policy::generate(const std::vector<int32_t>& context, const SamplingParams& o) {
   SHOAL_CHECK(running_, "generation is paused (a training step is running)");
   GenerationRequest req;
   req.prompt = context;
-  req.sampling.greedy = o.greedy;
-  req.sampling.temperature = static_cast<float>(o.temperature);
-  req.sampling.top_k = o.top_k;
-  req.sampling.top_p = static_cast<float>(o.top_p);
-  req.sampling.min_p = static_cast<float>(o.min_p);
-  req.sampling.seed = o.seed;
-  req.sampling.max_tokens = o.max_tokens;
-  req.sampling.stop_ids = o.stop_ids;
+  req.sampling = o;
   int64_t version = version_;
   std::vector<Completion> done = scheduler_->submit(std::move(req))->wait();
   SHOAL_CHECK(done.size() == 1, "generation returned {} completions", done.size());

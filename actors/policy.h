@@ -51,7 +51,7 @@ class Policy {
   int64_t weight_version() const { return version_; }
 
   // Generation through the scheduler (thread-safe; blocks until the completion is done).
-  GenOutput generate(const std::vector<int32_t>& context, const GenOptions& options);
+  GenOutput generate(const std::vector<int32_t>& context, const SamplingParams& options);
   // Stops the scheduler's thread (waiting for nothing: call when no request is in flight) and
   // restarts it; training steps run in between.
   void pause_generation();

@@ -211,7 +211,7 @@ void RunStore::event(const std::string& kind, const std::string& message, const 
       .run();
 }
 
-void RunStore::truncate_after(int64_t gstep, const std::string& eval_label_keep_prefix) {
+void RunStore::truncate_after(int64_t gstep) {
   SqliteTransaction tx(*db_);
   int64_t dropped = 0;
   for (const char* table : {"steps", "metrics", "checkpoints"}) {
@@ -225,10 +225,7 @@ void RunStore::truncate_after(int64_t gstep, const std::string& eval_label_keep_
   int64_t episodes = db_->changes();
   // Evals recorded at or after the resumed step are redone (an eval at the checkpoint's step
   // runs after it was written).
-  db_->prepare("DELETE FROM evals WHERE gstep >= ? AND label NOT LIKE ?")
-      .bind(1, gstep)
-      .bind(2, eval_label_keep_prefix.empty() ? std::string("\x01") : eval_label_keep_prefix + "%")
-      .run();
+  db_->prepare("DELETE FROM evals WHERE gstep >= ?").bind(1, gstep).run();
   tx.commit();
   event("resume",
         "resumed from step " + std::to_string(gstep) + "; dropped " + std::to_string(dropped) +

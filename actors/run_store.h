@@ -71,9 +71,10 @@ class RunStore {
   std::optional<CheckpointRecord> last_checkpoint();
   void event(const std::string& kind, const std::string& message,
              const nlohmann::json& data = nlohmann::json::object());
-  // Deletes every step, episode, eval and checkpoint record after gstep (resume); records an
-  // event saying how much was dropped.
-  void truncate_after(int64_t gstep, const std::string& eval_label_keep_prefix = "");
+  // Resume from the checkpoint at gstep: deletes every step, metric, episode and checkpoint after
+  // it, and the evals recorded at gstep or later (they ran after the checkpoint was written), in
+  // one transaction; records an event saying how much was dropped.
+  void truncate_after(int64_t gstep);
   void set_status(const std::string& status);  // running | finished | failed | interrupted
 
   // Reads (for `shoal runs` and the report).

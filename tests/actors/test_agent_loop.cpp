@@ -81,7 +81,7 @@ struct Script {
   }
 
   GenerateFn fn() {
-    return [this](const std::vector<int32_t>& context, const GenOptions& opt) {
+    return [this](const std::vector<int32_t>& context, const SamplingParams& opt) {
       contexts.push_back(context);
       ++calls;
       GenOutput out;
@@ -120,7 +120,7 @@ TEST(AgentLoop, ToolCallThenAnswerKeepsGeneratedIdsAndMasksOnlyThem) {
     tool_log.emplace_back(name, args);
     return json{{"result", args["a"].get<int>() + args["b"].get<int>()}};
   };
-  GenOptions sampling;
+  SamplingParams sampling;
   sampling.seed = 100;
   AgentEpisode ep = run_agent(tok, task_messages(), calc_tools(), s.fn(), tools, sampling, {});
   EXPECT_EQ(ep.status, "ok");

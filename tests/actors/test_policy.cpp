@@ -36,10 +36,7 @@ TEST(Policy, GreedyGenerationEqualsTheGenerateLoop) {
   p.max_tokens = 12;
   std::vector<Generation> want = generate(*reference, {prompt}, p);
   Policy policy(tiny(), {});
-  GenOptions o;
-  o.greedy = true;
-  o.max_tokens = 12;
-  GenOutput got = policy.generate(prompt, o);
+  GenOutput got = policy.generate(prompt, p);
   EXPECT_EQ(got.ids, want[0].ids);
   ASSERT_EQ(got.logprobs.size(), want[0].logprobs.size());
   for (size_t i = 0; i < got.logprobs.size(); ++i)
