@@ -14,26 +14,14 @@
 #include "engine/generate/kv_cache.h"
 #include "engine/model/dsa.h"
 #include "engine/model/model.h"
+#include "tests/engine/golden_generate.h"
 
 namespace shoal {
 namespace {
 
-std::unique_ptr<Model> load(const std::string& name) {
-  return Model::from_pretrained(std::string(SHOAL_TEST_DATA) + "/" + name, cpu_backend());
-}
-
-struct Case {
-  std::vector<int32_t> prompt, want;
-};
-std::vector<Case> golden_cases(const std::string& name) {
-  auto doc = nlohmann::json::parse(
-      std::ifstream(std::string(SHOAL_TEST_DATA) + "/" + name + "/generate.json"));
-  std::vector<Case> out;
-  for (auto& c : doc.at("cases"))
-    out.push_back({c.at("prompt_ids").get<std::vector<int32_t>>(),
-                   c.at("greedy_ids").get<std::vector<int32_t>>()});
-  return out;
-}
+using testing::golden_cases;
+using testing::GoldenCase;
+using testing::load_golden;
 
 int32_t argmax_row(const Tensor& logits, int64_t row) {
   int64_t v = logits.size(1);
@@ -59,7 +47,7 @@ Tensor full_logits(Model& m, const std::vector<int32_t>& seq) {
 
 TEST(KvCache, GreedyThroughTheCacheReproducesGoldenAndUncachedLogits) {
   for (std::string name : {"tiny_v3", "tiny_v3_yarn", "tiny_v32"}) {
-    auto m = load(name);
+    auto m = load_golden(name);
     for (auto& c : golden_cases(name)) {
       LatentKvCache cache(m->config(), {4, 64});
       int64_t s = cache.add_sequence();
@@ -84,7 +72,7 @@ TEST(KvCache, GreedyThroughTheCacheReproducesGoldenAndUncachedLogits) {
 
 TEST(KvCache, BatchedRequestsJoiningMidFlightMatchSingleRequests) {
   for (std::string name : {"tiny_v3", "tiny_v32"}) {
-    auto m = load(name);
+    auto m = load_golden(name);
     auto cases = golden_cases(name);
     LatentKvCache cache(m->config(), {8, 64});
     // Request r joins at step 3 r; every step decodes one token for each running request, and a
@@ -130,7 +118,7 @@ TEST(KvCache, BatchedRequestsJoiningMidFlightMatchSingleRequests) {
 // MHA mode (latents decompressed through kv_b_proj): the same function.
 TEST(KvCache, AbsorbedDecodeEqualsMhaAttentionOnTheSameCache) {
   for (std::string name : {"tiny_v3", "tiny_v32"}) {
-    auto m = load(name);
+    auto m = load_golden(name);
     LatentKvCache cache(m->config(), {4, 64});
     std::vector<int32_t> prompt = {3, 14, 15, 92, 65, 35, 89, 79, 32, 38, 46, 26, 43};
     int64_t base = cache.add_sequence();
@@ -172,7 +160,7 @@ TEST(KvCache, AbsorbedDecodeEqualsMhaAttentionOnTheSameCache) {
 // over the whole prompt (dsa_len).
 TEST(KvCache, ChunkedPrefillEqualsOneShotPrefill) {
   for (std::string name : {"tiny_v3", "tiny_v32"}) {
-    auto m = load(name);
+    auto m = load_golden(name);
     std::vector<int32_t> prompt;
     std::mt19937 rng(7);
     for (int i = 0; i < 40; ++i) prompt.push_back(int32_t(rng() % 1000));
@@ -240,7 +228,7 @@ TEST(KvCache, TopkRowEqualsTopkRowsWithTies) {
 }
 
 TEST(KvCache, ForkSharesPagesAndCopiesOnWrite) {
-  auto m = load("tiny_v32");
+  auto m = load_golden("tiny_v32");
   LatentKvCache cache(m->config(), {4, 8});
   int64_t a = cache.add_sequence();
   m->forward_cached(cache, {a}, {{5, 6, 7, 8, 9, 10}});  // pages: one full, one half filled
@@ -267,7 +255,7 @@ TEST(KvCache, ForkSharesPagesAndCopiesOnWrite) {
 }
 
 TEST(KvCache, StoresOnlyTheLatentAndRunsOutCleanly) {
-  auto m = load("tiny_v3");
+  auto m = load_golden("tiny_v3");
   const ModelConfig& c = m->config();
   LatentKvCache cache(c, {4, 3});
   EXPECT_EQ(cache.bytes_per_token(),
@@ -285,7 +273,7 @@ TEST(KvCache, StoresOnlyTheLatentAndRunsOutCleanly) {
   EXPECT_EQ(cache.free_pages(), 1);
   cache.release(s);
   EXPECT_EQ(cache.free_pages(), 3);
-  auto v32 = load("tiny_v32");
+  auto v32 = load_golden("tiny_v32");
   const ModelConfig& c32 = v32->config();
   LatentKvCache cache32(c32);
   EXPECT_EQ(

@@ -11,26 +11,14 @@
 #include <thread>
 
 #include "engine/generate/scheduler.h"
+#include "tests/engine/golden_generate.h"
 
 namespace shoal {
 namespace {
 
-std::unique_ptr<Model> load(const std::string& name) {
-  return Model::from_pretrained(std::string(SHOAL_TEST_DATA) + "/" + name, cpu_backend());
-}
-
-struct Case {
-  std::vector<int32_t> prompt, want;
-};
-std::vector<Case> golden_cases(const std::string& name) {
-  auto doc = nlohmann::json::parse(
-      std::ifstream(std::string(SHOAL_TEST_DATA) + "/" + name + "/generate.json"));
-  std::vector<Case> out;
-  for (auto& c : doc.at("cases"))
-    out.push_back({c.at("prompt_ids").get<std::vector<int32_t>>(),
-                   c.at("greedy_ids").get<std::vector<int32_t>>()});
-  return out;
-}
+using testing::golden_cases;
+using testing::GoldenCase;
+using testing::load_golden;
 
 GenerationRequest greedy(const std::vector<int32_t>& prompt, int64_t max_tokens) {
   GenerationRequest r;
@@ -53,7 +41,7 @@ ForwardResult teacher_forced(Model& m, const std::vector<int32_t>& seq) {
 // running decodes, and a pool that holds only part of the requests at once.
 TEST(Scheduler, GoldenGreedyWithRequestsJoiningMidFlightAndChunkedPrefill) {
   for (std::string name : {"tiny_v3", "tiny_v32"}) {
-    auto m = load(name);
+    auto m = load_golden(name);
     auto cases = golden_cases(name);
     SchedulerConfig cfg;
     cfg.max_batch_tokens = 7;
@@ -85,7 +73,7 @@ TEST(Scheduler, GoldenGreedyWithRequestsJoiningMidFlightAndChunkedPrefill) {
 // longer sequence may attend differently; see docs/ENGINE.md.)
 TEST(Scheduler, RecordsEqualATeacherForcedForward) {
   for (std::string name : {"tiny_v3", "tiny_v32"}) {
-    auto m = load(name);
+    auto m = load_golden(name);
     const ModelConfig& mc = m->config();
     Scheduler s(*m);
     GenerationRequest r;
@@ -142,7 +130,7 @@ TEST(Scheduler, RecordsEqualATeacherForcedForward) {
 // A truncated sampler records its kept set; the log-prob renormalised over that set by the
 // training-side op (keep-sampling-mask) is the recorded one.
 TEST(Scheduler, SamplingMaskIsTheKeptSet) {
-  auto m = load("tiny_v3");
+  auto m = load_golden("tiny_v3");
   Scheduler s(*m);
   GenerationRequest r;
   r.prompt = {3, 1, 4, 1, 5};
@@ -197,9 +185,9 @@ TEST(Scheduler, SamplingMaskIsTheKeptSet) {
 // request with seed + i (greedy: every sample equals the golden continuation).
 TEST(Scheduler, PrefixSharedGroupsEqualIndependentRequests) {
   for (std::string name : {"tiny_v3", "tiny_v32"}) {
-    auto m = load(name);
+    auto m = load_golden(name);
     auto cases = golden_cases(name);
-    const Case& gc = cases[3];  // 40-token prompt: 10 pages of 4
+    const GoldenCase& gc = cases[3];  // 40-token prompt: 10 pages of 4
     SchedulerConfig cfg;
     cfg.cache = {4, 200};
     for (bool sampled : {false, true}) {
@@ -242,7 +230,7 @@ TEST(Scheduler, PrefixSharedGroupsEqualIndependentRequests) {
 // The same request gives the same output: bit for bit in the same schedule; with the same ids (and
 // log-probs to float rounding, as batch shapes change GEMM blocking) in a different batch.
 TEST(Scheduler, IdenticalSeedsGiveIdenticalOutputs) {
-  auto m = load("tiny_v32");
+  auto m = load_golden("tiny_v32");
   GenerationRequest r;
   r.prompt = {7, 8, 9};
   r.sampling.temperature = 1.3f;
@@ -266,7 +254,7 @@ TEST(Scheduler, IdenticalSeedsGiveIdenticalOutputs) {
 }
 
 TEST(Scheduler, StreamsFromABackgroundThreadAndStopsOnIdsAndStrings) {
-  auto m = load("tiny_v3");
+  auto m = load_golden("tiny_v3");
   auto cases = golden_cases("tiny_v3");
   SchedulerConfig cfg;
   // A stand-in detokenizer: every id becomes "<id>".
@@ -277,7 +265,7 @@ TEST(Scheduler, StreamsFromABackgroundThreadAndStopsOnIdsAndStrings) {
   };
   Scheduler s(*m, cfg);
   s.start();
-  const Case& gc = cases[2];
+  const GoldenCase& gc = cases[2];
   GenerationRequest by_id = greedy(gc.prompt, 16);
   by_id.sampling.stop_ids = {gc.want[5]};
   GenerationRequest by_string = greedy(gc.prompt, 16);
@@ -305,7 +293,7 @@ TEST(Scheduler, StreamsFromABackgroundThreadAndStopsOnIdsAndStrings) {
 }
 
 TEST(Scheduler, CancellationFreesPagesAndExhaustionWaits) {
-  auto m = load("tiny_v3");
+  auto m = load_golden("tiny_v3");
   SchedulerConfig cfg;
   cfg.cache = {4, 12};  // room for one 30-token request at a time
   Scheduler s(*m, cfg);
@@ -336,7 +324,7 @@ TEST(Scheduler, CancellationFreesPagesAndExhaustionWaits) {
 }
 
 TEST(Scheduler, BadRequestsFailAloneAndOthersFinish) {
-  auto m = load("tiny_v3");
+  auto m = load_golden("tiny_v3");
   auto cases = golden_cases("tiny_v3");
   Scheduler s(*m);
   std::vector<GenerationRequest> bad(6, greedy({1, 2}, 4));
