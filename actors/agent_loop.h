@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "engine/generate/generate.h"
+#include "engine/tokenizer/chat_format.h"
 #include "engine/tokenizer/tokenizer.h"
 
 namespace shoal::actors {
@@ -60,7 +61,54 @@ struct AgentEpisode {
 nlohmann::json agent_prompt(const nlohmann::json& messages, const nlohmann::json& tools,
                             bool list_tools);
 
-// Runs one episode. The seed of turn t is sampling.seed + t.
+// One tool call the episode is waiting for (offered tools only; calls of unknown tools are
+// answered by the session itself).
+struct PendingCall {
+  std::string name;
+  nlohmann::json args;
+};
+
+// One episode as a state machine, so that an actor can drive it with asynchronous generation and
+// tool calls: ask need(); when `generate`, continue context() with sampling() and hand the result
+// to on_generated(); when `tools`, run pending() and hand their results (same order) to
+// on_tool_results(); when `done`, take() the episode. run_agent() drives it synchronously.
+class AgentSession {
+ public:
+  enum class Need { generate, tools, done };
+  AgentSession(const Tokenizer& tokenizer, const nlohmann::json& messages,
+               const nlohmann::json& tools, const SamplingParams& sampling,
+               const AgentLimits& limits);
+
+  Need need() const { return need_; }
+  const std::vector<int32_t>& context() const { return ep_.tokens; }
+  SamplingParams sampling() const;  // for the next turn (its seed, token budget and stop id)
+  void on_generated(const GenOutput& out);
+  const std::vector<PendingCall>& pending() const { return pending_; }
+  void on_tool_results(const std::vector<nlohmann::json>& results);
+  const AgentEpisode& episode() const { return ep_; }
+  AgentEpisode take() { return std::move(ep_); }
+
+ private:
+  void end_turn();  // the turn is over: stop at the turn limit or generate again
+  void append(const std::vector<int32_t>& ids, uint8_t mask);
+  bool append_tail(const std::vector<ChatMessage>& before);  // false: over budget (truncated)
+
+  const Tokenizer& tok_;
+  nlohmann::json tools_;
+  SamplingParams sampling_;
+  AgentLimits limits_;
+  int32_t eos_ = 0;
+  AgentEpisode ep_;
+  std::vector<ChatMessage> history_;
+  std::vector<PendingCall> pending_;
+  std::vector<nlohmann::json> unknown_;  // per call of the turn: an error result, or null
+  std::vector<ChatMessage> before_tools_;
+  int64_t turn_ = 0;
+  bool first_ = true;
+  Need need_ = Need::generate;
+};
+
+// Runs one episode synchronously. The seed of turn t is sampling.seed + t.
 AgentEpisode run_agent(const Tokenizer& tokenizer, const nlohmann::json& messages,
                        const nlohmann::json& tools, const GenerateFn& generate,
                        const ToolFn& run_tool, const SamplingParams& sampling,

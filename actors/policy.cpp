@@ -74,13 +74,19 @@ void Policy::resume_generation() {
   running_ = true;
 }
 
-GenOutput Policy::generate(const std::vector<int32_t>& context, const SamplingParams& o) {
+std::shared_ptr<RequestHandle> Policy::submit(const std::vector<int32_t>& context,
+                                              const SamplingParams& o,
+                                              std::function<void()> on_done) {
   SHOAL_CHECK(running_, "generation is paused (a training step is running)");
   GenerationRequest req;
   req.prompt = context;
   req.sampling = o;
-  int64_t version = version_;
-  std::vector<Completion> done = scheduler_->submit(std::move(req))->wait();
+  req.on_done = std::move(on_done);
+  return scheduler_->submit(std::move(req));
+}
+
+GenOutput Policy::output(RequestHandle& handle) const {
+  std::vector<Completion> done = handle.wait();
   SHOAL_CHECK(done.size() == 1, "generation returned {} completions", done.size());
   const Completion& c = done[0];
   SHOAL_CHECK(c.finish != FinishReason::error, "generation failed: {}", c.error);
@@ -88,8 +94,12 @@ GenOutput Policy::generate(const std::vector<int32_t>& context, const SamplingPa
   out.ids = c.ids();
   out.logprobs = c.logprobs();
   out.stopped = c.finish == FinishReason::stop_id;
-  out.weight_version = version;
+  out.weight_version = version_;  // weights change only while generation is paused
   return out;
+}
+
+GenOutput Policy::generate(const std::vector<int32_t>& context, const SamplingParams& o) {
+  return output(*submit(context, o, nullptr));
 }
 
 Metrics Policy::finish_step(double loss, double lr, int64_t tokens, double seconds) {

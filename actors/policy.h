@@ -52,6 +52,12 @@ class Policy {
 
   // Generation through the scheduler (thread-safe; blocks until the completion is done).
   GenOutput generate(const std::vector<int32_t>& context, const SamplingParams& options);
+  // The same, asynchronously: on_done runs on the engine thread once the completion is ready;
+  // then output() returns it without blocking (tagged with the weights that sampled it).
+  std::shared_ptr<RequestHandle> submit(const std::vector<int32_t>& context,
+                                        const SamplingParams& options,
+                                        std::function<void()> on_done);
+  GenOutput output(RequestHandle& handle) const;
   // Stops the scheduler's thread (waiting for nothing: call when no request is in flight) and
   // restarts it; training steps run in between.
   void pause_generation();

@@ -149,6 +149,10 @@ RunConfig parse_run_config(const LoadedConfig& loaded) {
   c.staleness = r.integer("staleness", 0, 0, 64);
   c.max_seq_len = r.integer("max_seq_len", 512, 16, 1 << 24);
   c.system_prompt = r.str("system_prompt", "");
+  c.replace_system_prompt = r.boolean("replace_system_prompt", false);
+  if (c.replace_system_prompt && c.system_prompt.empty())
+    r.fail("replace_system_prompt", "needs a non-empty \"system_prompt\" to replace with");
+  c.list_tools = r.boolean("list_tools", true);
   r.finish();
   c.resolved = loaded.value;
   return c;

@@ -17,5 +17,7 @@ Run add_train_tokenizer(CLI::App& app);
 Run add_sandboxd(CLI::App& app);
 Run add_tool(CLI::App& app);
 Run add_tasks(CLI::App& app);
+Run add_runs(CLI::App& app);
+Run add_train(CLI::App& app);
 
 }  // namespace shoal::cli

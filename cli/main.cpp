@@ -40,6 +40,10 @@ int main(int argc, char** argv) {
       shoal::cli::add_tool);
   add("tasks", "Task families and the task store: families, synth, list, show, export",
       shoal::cli::add_tasks);
+  add("train", "Run a pipeline of SFT, DPO and GRPO stages from a config (or --resume runs/NAME)",
+      shoal::cli::add_train);
+  add("runs", "Training runs: list, show, export (JSON lines), report (HTML)",
+      shoal::cli::add_runs);
   // CLI11 reports an unknown first word only as "a subcommand is required": say what was wrong.
   if (argc > 1 && argv[1][0] != '-') {
     bool known = false;

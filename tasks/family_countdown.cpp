@@ -172,6 +172,8 @@ class CountdownFamily final : public Family {
     return t;
   }
 
+  bool runs_in_sandbox(const std::string& tool) const override { return tool == "calculator"; }
+
   json call_tool(const Task&, EnvState*, const std::string& name, const json& args) const override {
     SHOAL_CHECK(name == "calculator", "unknown tool '{}'", name);
     SHOAL_CHECK(args.contains("expression") && args["expression"].is_string(),

@@ -1,7 +1,7 @@
 // Family "puzzles": constraint puzzles with exactly one solution, checked by a solver — knights
 // and knaves (who is a knight, who a knave, from their statements) and 4x4 mini-sudoku. Difficulty
 // adds people and statements, or removes givens. No tools: the skill is reasoning. Not zebra
-// puzzles (not built yet).
+// puzzles (family_zebra.cpp).
 #include <fmt/format.h>
 
 #include <array>

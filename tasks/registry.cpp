@@ -16,6 +16,9 @@ const std::vector<const Family*>& families() {
     v.push_back(make_search_family());
     v.push_back(make_files_family());
     v.push_back(make_puzzles_family());
+    v.push_back(make_zebra_family());
+    v.push_back(make_program_synthesis_family());
+    v.push_back(make_bug_fixing_family());
     return v;
   }();
   static const std::vector<const Family*> view = [] {

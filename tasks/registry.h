@@ -24,5 +24,8 @@ std::unique_ptr<Family> make_sql_family();
 std::unique_ptr<Family> make_search_family();
 std::unique_ptr<Family> make_files_family();
 std::unique_ptr<Family> make_puzzles_family();
+std::unique_ptr<Family> make_zebra_family();
+std::unique_ptr<Family> make_program_synthesis_family();
+std::unique_ptr<Family> make_bug_fixing_family();
 
 }  // namespace shoal::tasks

@@ -62,6 +62,8 @@ Reward Family::verify(const Task& task, const Episode& episode, sandbox::Client*
   try {
     if (!episode.messages.is_array()) return fail("the episode is not a list of messages");
     return check(task, episode, sandbox);
+  } catch (const VerifierUnavailable&) {
+    throw;
   } catch (const shoal::Error& e) {
     return fail("unreadable episode: " + e.message());
   } catch (const std::exception& e) {

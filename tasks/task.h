@@ -12,6 +12,8 @@
 #include <string_view>
 #include <vector>
 
+#include "base/error.h"
+
 namespace shoal::sandbox {
 class Client;
 }
@@ -51,6 +53,13 @@ struct Reward {
   bool solved() const { return value >= 1.0; }
 };
 
+// Thrown by a verifier whose check could not run (the sandbox unreachable, overloaded, or unable
+// to start one): not the model's doing, so Family::verify lets it through instead of scoring 0.
+class VerifierUnavailable : public Error {
+ public:
+  using Error::Error;
+};
+
 // Per-episode state of a family's environment (an open database, a search index, a sandbox
 // session). Families that keep none leave it null.
 struct EnvState {
@@ -69,7 +78,7 @@ class Family {
   // Deterministic in (seed, difficulty); difficulty in [kMinDifficulty, kMaxDifficulty].
   Task generate(uint64_t seed, int difficulty) const;
   // Never throws on what the model wrote: garbage gives reward 0 with a reason. Throws only for
-  // a task of another family or a missing sandbox.
+  // a task of another family, a missing sandbox, or VerifierUnavailable (the check could not run).
   Reward verify(const Task& task, const Episode& episode, sandbox::Client* sandbox = nullptr) const;
   // A correct trajectory whose tool calls were really executed.
   virtual Episode demonstrate(const Task& task, sandbox::Client* sandbox = nullptr) const = 0;
@@ -84,6 +93,13 @@ class Family {
   virtual std::unique_ptr<EnvState> open(const Task& task, sandbox::Client* sandbox) const;
   virtual json call_tool(const Task& task, EnvState* state, const std::string& name,
                          const json& args) const;
+  // True when `tool` is the sandbox server's tool of that name with no per-episode state here
+  // (the calculator of arithmetic and countdown): an agent runtime may then run it on the
+  // sandbox server instead of through call_tool, with the same result.
+  virtual bool runs_in_sandbox(const std::string& tool) const {
+    (void)tool;
+    return false;
+  }
 
  protected:
   virtual Task make(uint64_t seed, int difficulty) const = 0;

@@ -90,14 +90,19 @@ void RequestHandle::push(int64_t sample, const TokenRecord& t) {
 }
 
 void RequestHandle::finish(int64_t sample, FinishReason r, std::string text, std::string error) {
+  bool all_done = true;
   {
     std::lock_guard lock(mu_);
     Completion& c = samples_[size_t(sample)].c;
+    bool was_open = c.finish == FinishReason::none;
     c.finish = r;
     c.text = std::move(text);
     c.error = std::move(error);
+    for (auto& s : samples_) all_done = all_done && s.c.finish != FinishReason::none;
+    all_done = all_done && was_open;  // only the sample that completes the request reports
   }
   cv_.notify_all();
+  if (all_done && on_done_) on_done_();
 }
 
 void RequestHandle::set_prompt_experts(int64_t sample, std::vector<int32_t> e) {
@@ -188,6 +193,7 @@ std::string Scheduler::validate(const GenerationRequest& r) const {
 
 std::shared_ptr<RequestHandle> Scheduler::submit(GenerationRequest r) {
   auto handle = std::make_shared<RequestHandle>(std::max<int64_t>(r.samples, 1));
+  handle->on_done_ = r.on_done;
   std::string err = validate(r);
   if (!err.empty()) {
     for (int64_t i = 0; i < handle->samples(); ++i)

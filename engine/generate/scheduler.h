@@ -67,6 +67,9 @@ struct GenerationRequest {
   bool record_routing = false;
   // Called on the engine thread for every generated token of every sample (keep it short).
   std::function<void(int64_t sample, const TokenRecord&)> on_token;
+  // Called once, on the engine thread (or in submit() for a request rejected at once), when every
+  // sample has finished; wait() then returns without blocking. Keep it short (post a message).
+  std::function<void()> on_done;
 };
 
 // The caller's side of a submitted request: streaming, cancellation, results. Thread-safe.
@@ -95,6 +98,7 @@ class RequestHandle {
   std::condition_variable cv_;
   std::vector<Sample> samples_;
   std::atomic<bool> cancelled_{false};
+  std::function<void()> on_done_;
 };
 
 struct SchedulerConfig {

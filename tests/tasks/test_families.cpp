@@ -144,8 +144,12 @@ TEST(TasksFamilies, GarbageEpisodesGetZeroWithAReason) {
     for (const auto& g : garbage) {
       Reward r;
       EXPECT_NO_THROW(r = f->verify(t, Episode{g})) << f->name() << " " << g.dump().substr(0, 100);
-      EXPECT_EQ(r.value, 0.0) << f->name() << " " << g.dump().substr(0, 100);
       EXPECT_FALSE(r.reason.empty());
+      // Junk before a final answer that is right on its own (a house number 1) does not matter.
+      if (!g.empty() && g.back().is_object() && g.back().value("role", "") == "assistant" &&
+          f->verify(t, Episode{json::array({g.back()})}).solved())
+        continue;
+      EXPECT_EQ(r.value, 0.0) << f->name() << " " << g.dump().substr(0, 100);
     }
     Reward r = f->verify(t, Episode{json("a string, not a list")});
     EXPECT_EQ(r.value, 0.0);

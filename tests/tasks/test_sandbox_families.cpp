@@ -1,12 +1,13 @@
 // The families that run tools in the sandbox (files), against one local sandbox server shared by
 // the suite: demonstrations pass their verifier over seeds and difficulties, perturbations fail,
 // the demonstration's tool results come from the sandbox, and sessions are closed afterwards.
+// Skips, with the reason, where the sandbox cannot run code.
 #include <gtest/gtest.h>
 
 #include "base/error.h"
 #include "sandbox/client.h"
 #include "tasks/registry.h"
-#include "tests/sandbox/sandbox_fixture.h"
+#include "tests/tasks/sandbox_probe.h"
 
 namespace shoal::tasks {
 namespace {
@@ -14,20 +15,22 @@ namespace {
 class TasksSandboxFamilies : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
-    server_ = new sandbox::testing::LocalServer(2);
-    client_ = new sandbox::Client({server_->endpoint(), 30000, 3});
+    sandbox_ = new test_support::SandboxForTests(test_support::start_sandbox_for_tests());
+    client_ = sandbox_->client.get();
   }
   static void TearDownTestSuite() {
-    delete client_;
-    delete server_;
+    delete sandbox_;
+    sandbox_ = nullptr;
     client_ = nullptr;
-    server_ = nullptr;
   }
-  static sandbox::testing::LocalServer* server_;
+  void SetUp() override {
+    if (!sandbox_->unusable.empty()) GTEST_SKIP() << sandbox_->unusable;
+  }
+  static test_support::SandboxForTests* sandbox_;
   static sandbox::Client* client_;
 };
 
-sandbox::testing::LocalServer* TasksSandboxFamilies::server_ = nullptr;
+test_support::SandboxForTests* TasksSandboxFamilies::sandbox_ = nullptr;
 sandbox::Client* TasksSandboxFamilies::client_ = nullptr;
 
 TEST_F(TasksSandboxFamilies, DemonstrationsPassAndPerturbationsFail) {
