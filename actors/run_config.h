@@ -97,7 +97,7 @@ struct RunConfig {
   int64_t keep_checkpoints = 2;
   int64_t staleness = 0;  // GRPO: rollouts of step n + k may overlap training of step n
   int64_t max_seq_len = 512;
-  std::string system_prompt;  // prepended to every task's system message
+  std::string system_prompt;           // prepended to every task's system message
   bool replace_system_prompt = false;  // system_prompt replaces the task's system message
   bool list_tools = true;  // describe the offered tools in the system message (rollouts and SFT)
 

@@ -314,11 +314,11 @@ TrainResult run_training(const TrainOptions& o) {
     SHOAL_CHECK(!o.shoal_exe.empty(), "no sandbox endpoint and no shoal binary to start one");
     endpoint = fmt::format("ipc:///tmp/shoal-run-{}-{}.sock", getpid(),
                            std::hash<std::string>{}(fs::absolute(dir).string()) % 1000000);
-    sandbox_proc = std::make_unique<SandboxProcess>(
-        o.shoal_exe, endpoint, cfg.sandbox_workers, [&emit, events](const std::string& m) {
-          emit({{"event", "warning"}, {"message", m}});
-          events->record("sandbox_restart", m);
-        });
+    sandbox_proc = std::make_unique<SandboxProcess>(o.shoal_exe, endpoint, cfg.sandbox_workers,
+                                                    [&emit, events](const std::string& m) {
+                                                      emit({{"event", "warning"}, {"message", m}});
+                                                      events->record("sandbox_restart", m);
+                                                    });
     info("sandbox server started at " + endpoint);
   }
   sandbox::ClientOptions sco;
@@ -337,9 +337,8 @@ TrainResult run_training(const TrainOptions& o) {
   for (size_t i = 0; i < cfg.evals.size(); ++i)
     for (const TaskSetSpec& ts : cfg.evals[i].tasks)
       for (const tasks::StoredTask& t : task_set(task_store, ts, "eval", sandbox_client.get(), o))
-        eval_tasks[i].push_back({std::to_string(t.id),
-                                 with_system_prompt(t.task, cfg), t.task.family,
-                                 t.task.difficulty});
+        eval_tasks[i].push_back({std::to_string(t.id), with_system_prompt(t.task, cfg),
+                                 t.task.family, t.task.difficulty});
 
   // ---- the tokenizer ----
   std::string tokenizer_path = cfg.tokenizer_file;
@@ -427,8 +426,10 @@ TrainResult run_training(const TrainOptions& o) {
   caf::actor collector = sys.spawn(collector_actor, deps, cc, writer);
   caf::actor learner = sys.spawn(learner_actor, engine);
 
+  caf::actor current_driver;  // the stage driver while a stage runs
   auto stop_all = [&] {
     events->detach();
+    if (current_driver) self->send_exit(current_driver, caf::exit_reason::user_shutdown);
     for (const caf::actor& a : {collector, learner, writer})
       self->send_exit(a, caf::exit_reason::user_shutdown);
     self->send_exit(engine, caf::exit_reason::user_shutdown);
@@ -555,8 +556,7 @@ TrainResult run_training(const TrainOptions& o) {
         ctx->list_tools = cfg.list_tools;
         if (spec.type == "grpo") {
           for (const tasks::StoredTask& t : stage_tasks[si])
-            ctx->pool.push_back(
-                {std::to_string(t.id), with_system_prompt(t.task, cfg)});
+            ctx->pool.push_back({std::to_string(t.id), with_system_prompt(t.task, cfg)});
         } else {
           // Demonstrations (sft) or [demonstration, perturbation] pairs (dpo), as samples.
           std::vector<std::vector<rl::Sample>> units;
@@ -565,7 +565,8 @@ TrainResult run_training(const TrainOptions& o) {
             if (!t.demonstration) continue;
             std::string tj = with_system_prompt(t.task, cfg);
             rl::Sample chosen = rl::sample_from_chat(
-                *tokenizer, chat_messages_from_json(conversation(tj, *t.demonstration, cfg.list_tools)));
+                *tokenizer,
+                chat_messages_from_json(conversation(tj, *t.demonstration, cfg.list_tools)));
             if (static_cast<int64_t>(chosen.tokens.size()) > cfg.max_seq_len) {
               ++too_long;
               continue;
@@ -574,7 +575,8 @@ TrainResult run_training(const TrainOptions& o) {
               units.push_back({std::move(chosen)});
             } else if (t.rejected) {
               rl::Sample rejected = rl::sample_from_chat(
-                  *tokenizer, chat_messages_from_json(conversation(tj, *t.rejected, cfg.list_tools)));
+                  *tokenizer,
+                  chat_messages_from_json(conversation(tj, *t.rejected, cfg.list_tools)));
               if (static_cast<int64_t>(rejected.tokens.size()) > cfg.max_seq_len) {
                 ++too_long;
                 continue;
@@ -652,6 +654,7 @@ TrainResult run_training(const TrainOptions& o) {
               {"gstep0", gstep0}});
         StageActors sa{engine, collector, learner, writer, caf::actor_cast<caf::actor>(self)};
         caf::actor driver = sys.spawn(stage_driver, ctx, sa);
+        current_driver = driver;
         self->monitor(driver);
         self->send(driver, run_atom::value);
         bool done = false;

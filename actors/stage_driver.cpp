@@ -198,6 +198,10 @@ void write_step(caf::event_based_actor* self, const State& s, int64_t step,
                 Clock::time_point train_start) {
   const StageContext& c = *s->ctx;
   metrics["time_train"] = std::chrono::duration<double>(Clock::now() - train_start).count();
+  // The names the progress line and the report use for the objective's statistics.
+  for (auto [from, to] : {std::pair{"kl_mean", "kl"}, std::pair{"entropy_mean", "entropy"},
+                          std::pair{"clip_fraction", "clip_frac"}})
+    if (metrics.count(from)) metrics[to] = metrics[from];
   if (metrics.count("weight_version")) s->version = static_cast<int64_t>(metrics["weight_version"]);
   StepRecord rec;
   rec.gstep = c.gstep0 + step + 1;
