@@ -3,6 +3,7 @@
 
 #include <filesystem>
 #include <map>
+#include <optional>
 
 #include "base/error.h"
 
@@ -24,7 +25,9 @@ std::vector<TaskSetSpec> read_task_sets(const ConfigReader& r, const std::string
 }
 
 SamplingSpec read_sampling(const ConfigReader& r, SamplingSpec s) {
-  s.greedy = r.boolean("greedy", s.greedy);
+  // Giving a temperature or a truncation means sampling, unless "greedy" says otherwise.
+  bool sampling_keys = r.has("temperature") || r.has("top_k") || r.has("top_p") || r.has("min_p");
+  s.greedy = r.boolean("greedy", s.greedy && !sampling_keys);
   s.temperature = r.number("temperature", s.temperature, 1e-3, 100.0);
   s.top_k = r.integer("top_k", s.top_k, 0, 1 << 30);
   s.top_p = r.number("top_p", s.top_p, 1e-6, 1.0);
@@ -129,7 +132,18 @@ RunConfig parse_run_config(const LoadedConfig& loaded) {
   for (const ConfigReader& st : r.children("stages")) c.stages.push_back(read_stage(st, names));
   if (c.stages.empty()) r.fail("stages", "a run needs at least one stage (sft, dpo or grpo)");
 
-  for (const ConfigReader& e : r.children("eval")) {
+  for (const ConfigReader& entry : r.children("eval")) {
+    // {"suite": "configs/eval/quick.json"} reads the suite from its own file (same keys).
+    std::optional<LoadedConfig> file;
+    std::optional<ConfigReader> from_file;
+    if (entry.has("suite")) {
+      std::string path = entry.path_value("suite");
+      if (!std::filesystem::exists(path)) entry.fail("suite", "no such file: " + path);
+      entry.finish();
+      file = load_config_file(path);
+      from_file.emplace(*file);
+    }
+    const ConfigReader& e = from_file ? *from_file : entry;
     EvalSuiteSpec s;
     s.name = e.str("name");
     s.tasks = read_task_sets(e, "tasks");
@@ -138,6 +152,7 @@ RunConfig parse_run_config(const LoadedConfig& loaded) {
     if (auto sm = e.optional_child("sampling")) s.sampling = read_sampling(*sm, s.sampling);
     s.max_turns = e.integer("max_turns", 4, 1, 1000);
     s.max_new_tokens = e.integer("max_new_tokens", 64, 1, 1 << 20);
+    if (from_file) from_file->finish();
     c.evals.push_back(s);
   }
   c.eval_before = r.boolean("eval_before", true);

@@ -77,6 +77,34 @@ TEST_F(RunConfigTest, ParsesAPipelineWithDefaults) {
   EXPECT_EQ(c.resolved["seed"], 7);
 }
 
+TEST_F(RunConfigTest, AnEvalWithATemperatureSamples) {
+  std::string f = write("run.json", kPipeline);
+  RunConfig c = load_run_config(f, {R"(eval.0.sampling={"temperature": 0.6})"});
+  EXPECT_FALSE(c.evals[0].sampling.greedy);
+  EXPECT_DOUBLE_EQ(c.evals[0].sampling.temperature, 0.6);
+  c = load_run_config(f, {R"(eval.0.sampling={"temperature": 0.6, "greedy": true})"});
+  EXPECT_TRUE(c.evals[0].sampling.greedy);
+}
+
+TEST_F(RunConfigTest, AnEvalSuiteCanComeFromItsOwnFile) {
+  // A --set value's relative paths resolve against the working directory: use absolute ones.
+  std::string suite = write("suite.json", R"({"name": "quick", "tasks": [{"family": "countdown",
+                          "count": 7}], "sampling": {"temperature": 0.7}})");
+  std::string f = write("run.json", kPipeline);
+  RunConfig c = load_run_config(f, {R"(eval.0={"suite": ")" + suite + R"("})"});
+  ASSERT_EQ(c.evals.size(), 1u);
+  EXPECT_EQ(c.evals[0].name, "quick");
+  EXPECT_EQ(c.evals[0].tasks[0].family, "countdown");
+  EXPECT_EQ(c.evals[0].tasks[0].count, 7);
+  EXPECT_FALSE(c.evals[0].sampling.greedy);
+  EXPECT_NE(error_of(f, {R"(eval.0={"suite": "missing.json"})"}).find("no such file"),
+            std::string::npos);
+  std::string bad =
+      write("bad.json", R"({"name": "x", "tasks": [{"family": "countdown"}], "tmperature": 1})");
+  std::string err = error_of(f, {R"(eval.0={"suite": ")" + bad + R"("})"});
+  EXPECT_NE(err.find("bad.json: tmperature: unknown key"), std::string::npos) << err;
+}
+
 TEST_F(RunConfigTest, OverridesApplyBeforeValidation) {
   std::string f = write("run.json", kPipeline);
   RunConfig c = load_run_config(f, {"stages.1.steps=9", "staleness=1"});
