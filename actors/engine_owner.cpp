@@ -174,6 +174,15 @@ engine_actor spawn_engine_owner(caf::actor_system& sys, std::shared_ptr<Policy> 
           drain(self);
           return promise;
         },
+        [self](reset_atom) -> caf::result<int64_t> {
+          auto promise = self->make_response_promise<int64_t>();
+          self->state.exclusive.push_back([self, promise]() mutable {
+            self->state.policy->reset_optimizer();
+            promise.deliver(self->state.policy->weight_version());
+          });
+          drain(self);
+          return promise;
+        },
         [self](load_atom, const std::string& dir) -> caf::result<int64_t> {
           auto promise = self->make_response_promise<int64_t>();
           self->state.exclusive.push_back([self, promise, dir]() mutable {

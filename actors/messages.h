@@ -34,6 +34,7 @@ using event_atom = caf::atom_constant<caf::atom("event")>;
 using ckpt_atom = caf::atom_constant<caf::atom("ckpt")>;
 using eval_atom = caf::atom_constant<caf::atom("eval")>;
 using stop_atom = caf::atom_constant<caf::atom("stop")>;
+using reset_atom = caf::atom_constant<caf::atom("reset")>;
 
 // One training step for the engine owner: kind sft | dpo | grpo. For grpo, per sample the
 // sampling log-probs (per token), the advantage and whether its group is kept; `options` is the
@@ -102,12 +103,13 @@ struct GrpoBatch {
 };
 
 // The engine owner: generation (batched continuously across all requesters) and training steps,
-// checkpoint save/load. Replies to save/load with the weight version.
+// checkpoint save/load, optimizer reset. Replies to save/load/reset with the weight version.
 using engine_actor = caf::typed_actor<
     caf::replies_to<generate_atom, std::vector<int32_t>, SamplingParams>::with<GenOutput>,
     caf::replies_to<train_atom, TrainRequest>::with<StepMetrics>,
     caf::replies_to<save_atom, std::string>::with<int64_t>,
-    caf::replies_to<load_atom, std::string>::with<int64_t>, caf::reacts_to<gen_done_atom, int64_t>>;
+    caf::replies_to<load_atom, std::string>::with<int64_t>,
+    caf::replies_to<reset_atom>::with<int64_t>, caf::reacts_to<gen_done_atom, int64_t>>;
 
 // Sandbox tool calls: replies with the result the model reads (JSON text).
 using tool_actor = caf::typed_actor<caf::replies_to<tool_atom, ToolCallMsg>::with<std::string>>;

@@ -191,6 +191,26 @@ Metrics Policy::grpo_step(const std::vector<GrpoSample>& samples, const rl::Grpo
   double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   Metrics m = finish_step(obj.loss, lr, b.tokens(), dt);
   for (auto& [k, v] : obj.metrics) m[k] = v;
+  // Did the step go uphill on its own batch? The advantage-weighted change of the trained tokens'
+  // log-probs, per token (positive: the update raised what had positive advantage).
+  ForwardOptions after;
+  after.token_logprobs = true;
+  after.need_backward = false;
+  ForwardResult r2 = model_->forward(b, after);
+  const float* lp_new = r2.token_logprobs.data<float>();
+  const float* lp_old = in.logp_old.data<float>();
+  const int32_t* labels = b.labels.data<int32_t>();
+  double gain = 0;
+  int64_t counted = 0;
+  for (size_t sq = 0; sq + 1 < b.cu_seqlens.size(); ++sq) {
+    if (!samples[sq].keep) continue;
+    for (int64_t t = b.cu_seqlens[sq]; t < b.cu_seqlens[sq + 1]; ++t)
+      if (labels[t] != -100) {
+        gain += samples[sq].advantage * (double(lp_new[t]) - double(lp_old[t]));
+        ++counted;
+      }
+  }
+  m["surrogate_gain"] = counted ? gain / double(counted) : 0.0;
   return m;
 }
 

@@ -74,6 +74,8 @@ class Policy {
   // The frozen reference: a copy of the current weights, made once (first DPO or KL use) or
   // loaded with the policy's checkpoint.
   void snapshot_reference();
+  // Fresh AdamW moments (each stage of a run starts with them).
+  void reset_optimizer() { opt_.reset(); }
 
   // HF directory (config + weights) plus optimizer.safetensors and policy_state.json.
   void save(const std::string& dir);

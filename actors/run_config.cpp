@@ -47,6 +47,7 @@ StageSpec read_stage(const ConfigReader& r, std::map<std::string, int>& names) {
   s.weight_decay = r.number("weight_decay", 0.0, 0.0, 10.0);
   s.grad_clip = r.number("grad_clip", 1.0, 0.0, 1e9);
   s.batch_tokens = r.integer("batch_tokens", s.batch_tokens, 16, 1 << 30);
+  s.reset_optimizer = r.boolean("reset_optimizer", true);
   s.tasks = read_task_sets(r, "tasks");
   s.jsonl = r.path_value("jsonl", "");
   if (s.type == "dpo") {

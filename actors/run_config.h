@@ -64,6 +64,7 @@ struct StageSpec {
   bool keep_sampling_mask = false;
   bool keep_routing = false;
   int64_t updates_per_step = 1;  // optimizer steps over one step's episodes
+  bool reset_optimizer = true;   // the stage starts with fresh AdamW moments
 };
 
 struct EvalSuiteSpec {

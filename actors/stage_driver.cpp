@@ -403,7 +403,13 @@ caf::behavior stage_driver(caf::event_based_actor* self, std::shared_ptr<const S
   return {
       [self, s](run_atom) {
         s->started = Clock::now();
-        advance(self, s);
+        if (s->ctx->start_step > 0 || !s->ctx->spec.reset_optimizer) return advance(self, s);
+        // A stage starts with fresh optimizer moments (a resumed stage has the checkpoint's).
+        self->request(s->a.engine, caf::infinite, reset_atom::value)
+            .then([self, s](int64_t) { advance(self, s); },
+                  [self, s](caf::error& e) {
+                    finish(self, s, false, "resetting the optimizer: " + self->system().render(e));
+                  });
       },
       [self, s](stop_atom) {
         s->stopping = true;

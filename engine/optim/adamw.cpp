@@ -13,6 +13,15 @@ AdamW::AdamW(ParamSet& params, Backend& backend, const AdamWConfig& config)
   }
 }
 
+void AdamW::reset() {
+  for (size_t i = 0; i < m_.size(); ++i) {
+    if (!(*params_)[i].trainable) continue;
+    m_[i] = be_->zeros((*params_)[i].value.shape());
+    v_[i] = be_->zeros((*params_)[i].value.shape());
+  }
+  step_ = 0;
+}
+
 double AdamW::step(float lr) {
   double norm = cfg_.grad_clip > 0 ? params_->clip_grad_norm(cfg_.grad_clip) : params_->grad_norm();
   ++step_;

@@ -23,6 +23,8 @@ class AdamW {
   // weight decay.
   double step(float lr);
   int64_t steps() const { return step_; }
+  // Forgets the moments and the step count (a new training stage starts afresh).
+  void reset();
   void save(const std::string& path);  // safetensors: m.<name>, v.<name>, metadata step
   void load(const std::string& path);
 

@@ -93,6 +93,7 @@ engine_actor::behavior_type fake_engine(engine_actor::pointer self,
         return s->version;
       },
       [](load_atom, const std::string&) -> int64_t { return 0; },
+      [s](reset_atom) -> int64_t { return s->version; },
       // The test's "release" signal (the real owner gets gen_done from its scheduler): the oldest
       // held training step finishes, inside this actor.
       [s](gen_done_atom, int64_t) {

@@ -57,6 +57,7 @@ std::string short_run(const std::string& extra = "") {
          " --set stages.0.steps=4 --set stages.0.tasks.0.count=48"
          " --set stages.1.steps=3 --set stages.1.prompts_per_step=2 --set stages.1.group_size=4"
          " --set stages.1.tasks.0.count=48 --set eval.0.tasks.0.count=12"
+         " --set eval.1.tasks.0.count=12"
          " --set checkpoint.every=2 " +
          extra;
 }
@@ -112,10 +113,15 @@ TEST(TrainCli, ShortQuickstartRunsEndToEnd) {
   EXPECT_EQ(steps["sft"], 4);
   EXPECT_EQ(steps["grpo"], 3);
   json evals = store->evals();
-  ASSERT_EQ(evals.size(), 2u) << evals.dump();  // after-sft and after-grpo (eval_before false)
-  EXPECT_EQ(evals[0]["label"], "after-sft");
-  EXPECT_EQ(evals[1]["label"], "after-grpo");
-  EXPECT_EQ(evals[1]["results"]["count"], 12);
+  // Two suites (sampled and greedy), after-sft and after-grpo (eval_before is false).
+  ASSERT_EQ(evals.size(), 4u) << evals.dump();
+  std::map<std::string, int> labels;
+  for (const json& e : evals) {
+    labels[e["label"].get<std::string>()]++;
+    EXPECT_EQ(e["results"]["count"], 12);
+  }
+  EXPECT_EQ(labels["after-sft"], 2);
+  EXPECT_EQ(labels["after-grpo"], 2);
   // GRPO episodes: 3 steps x 2 prompts x 4 samples, each with tokens, a loss mask over what the
   // model generated, and its conversation; calculator calls went through the sandbox.
   auto eps = store->episodes("grpo");

@@ -194,6 +194,34 @@ TEST(Training, AdamWMatchesItsFormula) {
   EXPECT_NEAR(ps[1].value.f32()[0], 1.0 - 3 * 0.01, 1e-5);
 }
 
+// After reset() the optimizer moves exactly as a new one would (moments and bias correction
+// start over), whatever it did before.
+TEST(Training, AdamWResetStartsAfresh) {
+  auto run = [](bool warm_then_reset) {
+    ParamSet ps(cpu_backend());
+    ps.add("w", {4});
+    for (int i = 0; i < 4; ++i) ps[0].value.f32()[i] = 0.5f;
+    AdamWConfig cfg;
+    cfg.grad_clip = 0;
+    AdamW opt(ps, cpu_backend(), cfg);
+    if (warm_then_reset) {
+      for (int k = 0; k < 5; ++k) {
+        for (int i = 0; i < 4; ++i) ps[0].grad.f32()[i] = 10.0f * float(i + 1);
+        opt.step(0.0f);  // lr 0: the moments fill up, the weights stay
+      }
+      opt.reset();
+      EXPECT_EQ(opt.steps(), 0);
+    }
+    for (int i = 0; i < 4; ++i) ps[0].grad.f32()[i] = 0.01f * float(i - 1);
+    opt.step(0.1f);
+    std::vector<float> out(4);
+    for (int i = 0; i < 4; ++i) out[size_t(i)] = ps[0].value.f32()[i];
+    return out;
+  };
+  std::vector<float> fresh = run(false), reset = run(true);
+  for (size_t i = 0; i < 4; ++i) EXPECT_FLOAT_EQ(reset[i], fresh[i]) << i;
+}
+
 TEST(Training, GradientClippingBoundsTheGlobalNorm) {
   ParamSet ps(cpu_backend());
   ps.add("a", {4});
