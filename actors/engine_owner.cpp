@@ -118,7 +118,9 @@ StepMetrics train(Policy& policy, const TrainRequest& r) {
 }  // namespace
 
 engine_actor spawn_engine_owner(caf::actor_system& sys, std::shared_ptr<Policy> policy) {
-  return sys.spawn<caf::detached>([policy](OwnerPtr self) -> engine_actor::behavior_type {
+  // The policy goes in as a spawn argument, not a capture: CAF 0.17 dereferences a null argument
+  // tuple for argument-less spawns (undefined behaviour that UBSan stops at).
+  auto init = [](OwnerPtr self, std::shared_ptr<Policy> policy) -> engine_actor::behavior_type {
     self->state.policy = policy;
     self->attach_functor([self] {
       // Dropping the handles breaks the scheduler-callback → actor references.
@@ -197,7 +199,8 @@ engine_actor spawn_engine_owner(caf::actor_system& sys, std::shared_ptr<Policy> 
           return promise;
         },
     };
-  });
+  };
+  return sys.spawn<caf::detached>(init, std::move(policy));
 }
 
 }  // namespace shoal::actors

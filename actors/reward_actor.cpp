@@ -36,8 +36,9 @@ struct RewardState {
 }  // namespace
 
 reward_actor spawn_reward_actor(caf::actor_system& sys, const std::string& endpoint) {
-  return sys.spawn<caf::detached>(
-      [endpoint](reward_actor::stateful_pointer<RewardState> self) -> reward_actor::behavior_type {
+  return sys.spawn<caf::detached>(  // arguments, not captures: see engine_owner.cpp
+      [](reward_actor::stateful_pointer<RewardState> self,
+         std::string endpoint) -> reward_actor::behavior_type {
         if (!endpoint.empty()) {
           sandbox::ClientOptions o;
           o.endpoint = endpoint;
@@ -48,7 +49,8 @@ reward_actor spawn_reward_actor(caf::actor_system& sys, const std::string& endpo
               return score_episode(r, self->state.client.get());
             },
         };
-      });
+      },
+      endpoint);
 }
 
 }  // namespace shoal::actors

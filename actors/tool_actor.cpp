@@ -28,9 +28,9 @@ struct ToolState {
 
 tool_actor spawn_tool_actor(caf::actor_system& sys, const std::string& endpoint,
                             int64_t timeout_ms) {
-  return sys.spawn<caf::detached>(
-      [endpoint,
-       timeout_ms](tool_actor::stateful_pointer<ToolState> self) -> tool_actor::behavior_type {
+  return sys.spawn<caf::detached>(  // arguments, not captures: see engine_owner.cpp
+      [](tool_actor::stateful_pointer<ToolState> self, std::string endpoint,
+         int64_t timeout_ms) -> tool_actor::behavior_type {
         sandbox::ClientOptions o;
         o.endpoint = endpoint;
         o.timeout_ms = timeout_ms;
@@ -47,7 +47,8 @@ tool_actor spawn_tool_actor(caf::actor_system& sys, const std::string& endpoint,
               return tool_reply_text(r);
             },
         };
-      });
+      },
+      endpoint, timeout_ms);
 }
 
 }  // namespace shoal::actors
