@@ -1,9 +1,10 @@
 // The CUDA backend (cuda_backend.h): validates shapes on the host as the CPU backend does, packs
 // the kernels' parameter structs from Tensors and launches on the device's stream. GEMMs through
-// cuBLAS (f32, no TF32); every other op is a kernel under kernels/. Host-side inputs of the
-// interface (cu_seqlens, token sets) are uploaded per call; index tensors given on the host are
-// uploaded too. Input checks that need device data (ids, labels, expert and sparse indices) run in
-// the kernels and surface at the next synchronisation (cuda_context.h).
+// cuBLAS (f32 without TF32, or CudaGemm's tensor-core modes); every other op is a kernel under
+// kernels/. Host-side inputs of the interface (cu_seqlens, token sets) are uploaded per call; index
+// tensors given on the host are uploaded too. Input checks that need device data (ids, labels,
+// expert and sparse indices) run in the kernels and surface at the next synchronisation
+// (cuda_context.h).
 #include "engine/cuda/cuda_backend.h"
 
 #include <algorithm>
@@ -83,7 +84,8 @@ kernels::ElemType elem_type(DType t) {
 
 class CudaBackend final : public Backend {
  public:
-  explicit CudaBackend(int device) : ctx_(cuda::context(device)) {}
+  CudaBackend(int device, const CudaBackendOptions& options)
+      : ctx_(cuda::context(device)), opt_(options) {}
 
   Device device() const override { return Device::cuda; }
   Allocator& allocator() override { return *ctx_.allocator; }
@@ -181,6 +183,16 @@ class CudaBackend final : public Backend {
     }
     SHOAL_CHECK(m <= INT32_MAX && n <= INT32_MAX && k <= INT32_MAX, "matmul: dims exceed int32");
     // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
+    if (opt_.gemm != CudaGemm::f32) {
+      const cublasComputeType_t ct =
+          opt_.gemm == CudaGemm::bf16 ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F_FAST_TF32;
+      SHOAL_CUBLAS_CHECK(cublasGemmEx(ctx_.cublas, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                      ta ? CUBLAS_OP_T : CUBLAS_OP_N, int(n), int(m), int(k),
+                                      &alpha, b.f32(), CUDA_R_32F, int(row_stride(b)), a.f32(),
+                                      CUDA_R_32F, int(row_stride(a)), &beta, c.f32(), CUDA_R_32F,
+                                      int(row_stride(c)), ct, CUBLAS_GEMM_DEFAULT));
+      return;
+    }
     SHOAL_CUBLAS_CHECK(cublasSgemm(ctx_.cublas, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
                                    ta ? CUBLAS_OP_T : CUBLAS_OP_N, int(n), int(m), int(k), &alpha,
                                    b.f32(), int(row_stride(b)), a.f32(), int(row_stride(a)), &beta,
@@ -372,6 +384,7 @@ class CudaBackend final : public Backend {
       p.topk = sparse.size(1);
     }
     p.scale = scale;
+    p.tf32 = opt_.tf32_attention;
     p.status = ctx_.status;
     p.op = op_id(op);
     return p;
@@ -418,6 +431,11 @@ class CudaBackend final : public Backend {
     p.dvv = dv.f32();
     p.dv_sn = dv.stride(0);
     p.dv_sh = dv.stride(1);
+    Tensor drow;  // the tiled backward's scratch (freed in stream order after it)
+    if (kernels::flash_attention_f32_supported(p)) {
+      drow = empty({q.size(1), q.size(0)});
+      p.drow = drow.f32();
+    }
     SHOAL_CUDA_CHECK(kernels::attention_backward_cuda(p, stream()));
   }
 
@@ -1082,12 +1100,31 @@ class CudaBackend final : public Backend {
   }
 
   cuda::CudaContext& ctx_;
+  CudaBackendOptions opt_;
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cuda_backend(int device) {
-  return std::make_unique<CudaBackend>(device);
+const char* cuda_gemm_name(CudaGemm g) {
+  switch (g) {
+    case CudaGemm::f32:
+      return "f32";
+    case CudaGemm::tf32:
+      return "tf32";
+    case CudaGemm::bf16:
+      return "bf16";
+  }
+  return "?";
+}
+
+CudaGemm parse_cuda_gemm(const std::string& name) {
+  for (CudaGemm g : {CudaGemm::f32, CudaGemm::tf32, CudaGemm::bf16})
+    if (name == cuda_gemm_name(g)) return g;
+  SHOAL_FAIL("unknown CUDA GEMM precision '{}' (f32, tf32 or bf16)", name);
+}
+
+std::unique_ptr<Backend> make_cuda_backend(int device, const CudaBackendOptions& options) {
+  return std::make_unique<CudaBackend>(device, options);
 }
 
 }  // namespace shoal

@@ -1,6 +1,8 @@
-// The CUDA backend: every Backend op on device memory (f32 compute; copy() converts to and from
-// bf16/f16/FP8 storage), with a caching stream-ordered allocator. Header free of CUDA includes;
-// only built when SHOAL_HAVE_CUDA (engine/CMakeLists.txt). Not multi-GPU, not CUDA graphs yet.
+// The CUDA backend: every Backend op on device memory (f32 storage and compute by default;
+// copy() converts to and from bf16/f16/FP8 storage; CudaBackendOptions put GEMMs and dense
+// attention on the tensor cores with bf16/TF32 operands), with a caching stream-ordered allocator.
+// Header free of CUDA includes; only built when SHOAL_HAVE_CUDA (engine/CMakeLists.txt). Not
+// multi-GPU, not CUDA graphs yet.
 #pragma once
 
 #include <memory>
@@ -10,9 +12,24 @@
 
 namespace shoal {
 
+// How matmul() runs its f32 operands through cuBLAS. f32: plain FP32 GEMMs (the CPU backend's
+// precision; what the f32 tests check). tf32: tensor cores with operands rounded to TF32 (10-bit
+// mantissa). bf16: tensor cores with operands rounded to bf16 (8-bit mantissa,
+// CUBLAS_COMPUTE_32F_FAST_16BF); every mode accumulates in FP32 and stores f32.
+enum class CudaGemm { f32, tf32, bf16 };
+const char* cuda_gemm_name(CudaGemm g);
+CudaGemm parse_cuda_gemm(const std::string& name);  // "f32", "tf32", "bf16"; throws otherwise
+
+struct CudaBackendOptions {
+  CudaGemm gemm = CudaGemm::f32;
+  // Dense attention with dk <= 192, dv <= 128 on the tensor cores with operands rounded to TF32
+  // (f32 accumulation and softmax) instead of the f32 tiled kernels.
+  bool tf32_attention = false;
+};
+
 // The backend on CUDA device `device` (its own stream, cuBLAS handle and allocator, shared by all
 // backends of that device). Throws shoal::Error when the device is unusable.
-std::unique_ptr<Backend> make_cuda_backend(int device = 0);
+std::unique_ptr<Backend> make_cuda_backend(int device = 0, const CudaBackendOptions& options = {});
 
 // Empty when a CUDA device is usable, else why not (for skipping GPU tests with a reason).
 std::string cuda_unavailable_reason();

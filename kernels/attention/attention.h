@@ -1,9 +1,11 @@
 // Causal softmax attention over packed sequences (cu_seqlens), optionally restricted to a DSA
 // selection (sparse_idx), forward (out + log-sum-exp) and backward (dq, dk, dv from the saved lse,
 // FlashAttention-style recomputation), plus the head-summed, L1-normalised attention distribution
-// that the DSA indexer is trained towards. f32. The CPU backend is the reference.
-// These are the straightforward kernels (one block of 4 warps per (query, head), a warp per key);
-// not the tiled flash kernels, not the absorbed decode kernel. Head dims up to 256.
+// that the DSA indexer is trained towards. f32 (TF32 tensor cores on request). The CPU backend is
+// the reference. Dense attention with dk <= 192 and dv <= 128 (DeepSeek-V3's MLA dims) runs on
+// the tiled kernels of flash_f32.cu (or flash_tf32.cu when p.tf32); DSA selections and larger
+// head dims on the straightforward kernels of attention.cu (one block of 4 warps per (query,
+// head), a warp per key), head dims up to 256. Not here: the absorbed decode kernel.
 #pragma once
 
 #include <cstdint>
@@ -37,10 +39,26 @@ struct AttentionParams {
   int64_t dq_sn = 0, dq_sh = 0, dk_sn = 0, dk_sh = 0, dv_sn = 0, dv_sh = 0;
   KernelStatus* status = nullptr;  // bad sparse indices are reported here
   int32_t op = 0;
+  // Backward scratch, [heads, n] f32 (D = rowsum(dout * out)); needed by the tiled backward.
+  float* drow = nullptr;
+  // Dense attention within the tiled limits on the tensor cores in TF32 (flash_tf32.cu) instead
+  // of f32: opt-in, it is not f32-accurate.
+  bool tf32 = false;
 };
 int attention_forward_cuda(const AttentionParams& p, void* stream);
-// dk and dv accumulate with f32 atomics (order not deterministic); dq is deterministic.
+// Tiled (when flash_attention_f32_supported and drow is given): dk, dv deterministic, dq added
+// with f32 atomics. Otherwise dk and dv accumulate with f32 atomics, dq is deterministic.
 int attention_backward_cuda(const AttentionParams& p, void* stream);
+
+// flash_f32.cu: whether the tiled kernels take p (dense, dk <= 192, dv <= 128), and the kernels.
+bool flash_attention_f32_supported(const AttentionParams& p);
+int flash_attention_forward_f32(const AttentionParams& p, void* stream);
+int flash_attention_backward_f32(const AttentionParams& p, void* stream);
+// The tiled backwards' first launches: D into p.drow, p.dq zeroed (both kernels add into dq).
+int flash_attention_backward_prologue(const AttentionParams& p, void* stream);
+// flash_tf32.cu: the same limits, on the tensor cores with TF32 operands (f32 accumulation).
+int flash_attention_forward_tf32(const AttentionParams& p, void* stream);
+int flash_attention_backward_tf32(const AttentionParams& p, void* stream);
 
 // probs: per sequence a row-major [L, L] block at probs + sq_offsets[s] (zero outside the attended
 // set): sum over heads of exp(scale q.k - lse), each row divided by its sum. Uses q, k, lse,

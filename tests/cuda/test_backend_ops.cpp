@@ -24,6 +24,7 @@
 #include <fmt/ranges.h>
 
 #include "engine/cuda/cuda_backend.h"
+#include "engine/model/reference_check.h"
 #include "tests/cuda/backend_ops_harness.h"
 
 namespace shoal::test {
@@ -146,6 +147,82 @@ TEST_F(BackendOps, Matmul) {
   Tensor c = gpu().empty({s, s});
   perf_flops("matmul", "f32 4096^3 (cuBLAS sgemm, no TF32)",
              time_us([&] { gpu().matmul(a.d, false, b.d, true, c); }, 5), 2.0 * s * s * s);
+}
+
+// The tensor-core GEMM modes (CudaGemm::tf32, ::bf16) against the CPU's f32 matmul, element by
+// element under the worst-case bound of rounding each operand once: with p bits of significand
+// a conversion errs by at most u = 2^(1-p) relative (truncation; round-to-nearest halves it), so
+// |fl(a) fl(b) - a b| <= (2u + u^2) |a b| and, with both sides accumulating in f32 over k terms,
+// |C - C_ref| <= alpha ((2u + u^2) + 2k 2^-24) (|A| |B|)_ij + 2^-23 |beta C_in|_ij. bf16: p = 8,
+// u = 2^-7; tf32: p = 11, u = 2^-10. The bound is per element, so a wrong index or a missing
+// term fails it. It must also be used: the worst error seen, relative to |A||B|, has to exceed
+// f32's, or the mode did not run on the tensor cores.
+TEST_F(BackendOps, MatmulTensorCoreModes) {
+  struct Case {
+    int64_t m, k, n;
+  };
+  for (CudaGemm mode : {CudaGemm::tf32, CudaGemm::bf16}) {
+    auto be = make_cuda_backend(0, CudaBackendOptions{mode});
+    const double u = mode == CudaGemm::bf16 ? std::ldexp(1.0, -7) : std::ldexp(1.0, -10);
+    double worst_ratio = 0, worst_rel = 0;
+    for (Case c : {Case{1, 1, 1}, Case{7, 13, 5}, Case{64, 128, 96}, Case{129, 1000, 33}})
+      for (int ta = 0; ta < 2; ++ta)
+        for (int tb = 0; tb < 2; ++tb)
+          for (float beta : {0.0f, 0.5f}) {
+            Tensor ha = rand_host({ta ? c.k : c.m, (ta ? c.m : c.k) + 3});
+            Tensor hb = rand_host({tb ? c.n : c.k, (tb ? c.k : c.n) + 5});
+            Tensor hc = rand_host({c.m, c.n});
+            Tensor a = ha.slice(1, 1, 1 + (ta ? c.m : c.k));
+            Tensor b = hb.slice(1, 2, 2 + (tb ? c.k : c.n));
+            Tensor da = be->from_host(ha).slice(1, 1, 1 + (ta ? c.m : c.k));
+            Tensor db = be->from_host(hb).slice(1, 2, 2 + (tb ? c.k : c.n));
+            Tensor dc = be->from_host(hc);
+            const float alpha = 0.75f;
+            Tensor ref = hc.clone();
+            cpu().matmul(a, ta, b, tb, ref, alpha, beta);
+            // |A| |B| for the bound.
+            Tensor aa = a.contiguous(), ab = b.contiguous();
+            for (int64_t i = 0; i < aa.numel(); ++i) aa.f32()[i] = std::fabs(aa.f32()[i]);
+            for (int64_t i = 0; i < ab.numel(); ++i) ab.f32()[i] = std::fabs(ab.f32()[i]);
+            Tensor mag = Tensor::empty({c.m, c.n}, DType::f32);
+            cpu().matmul(aa, ta, ab, tb, mag, 1.0f, 0.0f);
+            be->matmul(da, ta, db, tb, dc, alpha, beta);
+            Tensor got = be->to_host(dc);
+            int64_t bad = 0;
+            double max_abs = 0;
+            for (int64_t i = 0; i < ref.numel(); ++i) {
+              const double e = std::fabs(double(got.f32()[i]) - double(ref.f32()[i]));
+              const double prod = double(alpha) * double(mag.f32()[i]);
+              const double bound =
+                  prod * (2 * u + u * u + 2.0 * double(c.k) * std::ldexp(1.0, -24)) +
+                  std::ldexp(1.0, -23) * std::fabs(beta * hc.f32()[i]) + 1e-30;
+              if (!(e <= bound)) ++bad;
+              max_abs = std::max(max_abs, e);
+              worst_ratio = std::max(worst_ratio, e / bound);
+              if (prod > 0) worst_rel = std::max(worst_rel, e / prod);
+            }
+            std::printf(
+                "[ %-24s] %-44s max_abs=%-10.3g bad=%lld of %lld (bound: (2u+u^2+2k 2^-24)|A||B|, "
+                "u=2^%d) %s\n",
+                (std::string("matmul ") + cuda_gemm_name(mode)).c_str(),
+                fmt::format("{}x{}x{} ta={} tb={} beta={}", c.m, c.k, c.n, ta, tb, beta).c_str(),
+                max_abs, static_cast<long long>(bad), static_cast<long long>(ref.numel()),
+                mode == CudaGemm::bf16 ? -7 : -10, bad == 0 ? "PASS" : "FAIL");
+            EXPECT_EQ(bad, 0) << cuda_gemm_name(mode) << " " << c.m << "x" << c.k << "x" << c.n;
+          }
+    std::printf("[ matmul %-17s] worst error / bound %.3g; worst error / (alpha |A||B|) %.3g\n",
+                cuda_gemm_name(mode), worst_ratio, worst_rel);
+    // In f32 the worst error / |A||B| here is ~1e-7 (sums of ~sqrt(k) roundings of 2^-24);
+    // operands rounded to 8 or 11 bits err by up to 2^-8 or 2^-11 per product, so over ~10^5
+    // elements the worst must be far above f32's.
+    EXPECT_GT(worst_rel, 1e-5) << cuda_gemm_name(mode) << " did not round its operands";
+    if (!perf_enabled()) continue;
+    const int64_t s = 8192;
+    Tensor da = be->from_host(rand_host({s, s})), db = be->from_host(rand_host({s, s}));
+    Tensor dc = be->empty({s, s});
+    perf_flops(std::string("matmul ") + cuda_gemm_name(mode), "8192^3, f32 in/out",
+               time_us([&] { be->matmul(da, false, db, true, dc); }, 5), 2.0 * s * s * s);
+  }
 }
 
 TEST_F(BackendOps, AddScaleSumSquares) {
@@ -306,44 +383,54 @@ Tensor random_sparse(const std::vector<int64_t>& cu, int64_t k, std::mt19937& rn
   return idx;
 }
 
+// Dense cases with dk <= 192 and dv <= 128 run the tiled kernels (64-query / 32-key tiles):
+// {0, 70, 200} and {0, 130} straddle tile edges with several tiles per sequence; (192, 128) are
+// MLA's head dims, (200, 136) exceed the tiled limits and take the general kernels, as DSA does.
 TEST_F(BackendOps, AttentionForwardBackward) {
-  const std::vector<std::vector<int64_t>> batches = {{0, 1}, {0, 5, 5, 17, 50}, {0, 130}};
-  for (const auto& cu : batches)
-    for (int sparse = 0; sparse < 2; ++sparse) {
-      const int64_t n = cu.back(), h = 3, dk = 24, dv = 16;
-      // q, k, v are views of one [N, H, dk + dv] buffer each (MLA's kv_b output layout).
-      Pair qb = rand({n, h, dk + 4}), kvb = rand({n, h, dk + dv});
-      Tensor hq = qb.h.slice(2, 0, dk), dq_in = qb.d.slice(2, 0, dk);
-      Tensor hk = kvb.h.slice(2, 0, dk), dk_in = kvb.d.slice(2, 0, dk);
-      Tensor hv = kvb.h.slice(2, dk, dk + dv), dv_in = kvb.d.slice(2, dk, dk + dv);
-      Pair idx = mirror(random_sparse(cu, 7, rng_));
-      const Tensor* hi = sparse ? &idx.h : nullptr;
-      const Tensor* di = sparse ? &idx.d : nullptr;
-      const float scale = 0.3f;
-      Pair out = rand({n, h, dv}), lse = rand({h, n});
-      cpu().attention_forward(hq, hk, hv, cu, scale, out.h, lse.h, hi);
-      gpu().attention_forward(dq_in, dk_in, dv_in, cu, scale, out.d, lse.d, di);
-      const std::string c =
-          fmt::format("H={} dk={} dv={} {}{}", h, dk, dv, cs(cu), sparse ? " sparse k=7" : "");
-      check("attention_forward out", c, out.h, out.d, 1e-5, 1e-4);
-      check("attention_forward lse", c, lse.h, lse.d, 1e-5, 1e-5);
-      Pair dout = rand({n, h, dv});
-      Pair dq = rand({n, h, dk}), dkk = rand({n, h, dk}), dvv = rand({n, h, dv});
-      cpu().attention_backward(hq, hk, hv, out.h, dout.h, lse.h, cu, scale, dq.h, dkk.h, dvv.h, hi);
-      gpu().attention_backward(dq_in, dk_in, dv_in, out.d, dout.d, lse.d, cu, scale, dq.d, dkk.d,
-                               dvv.d, di);
-      check("attention_backward dq", c, dq.h, dq.d, 1e-5, 1e-4);
-      check("attention_backward dk", c, dkk.h, dkk.d, 1e-5, 1e-4);
-      check("attention_backward dv", c, dvv.h, dvv.d, 1e-5, 1e-4);
-      Pair probs = rand({[&] {
-        int64_t t = 0;
-        for (size_t s = 0; s + 1 < cu.size(); ++s) t += (cu[s + 1] - cu[s]) * (cu[s + 1] - cu[s]);
-        return t;
-      }()});
-      cpu().attention_head_sum_probs(hq, hk, lse.h, cu, scale, hi, probs.h);
-      gpu().attention_head_sum_probs(dq_in, dk_in, lse.d, cu, scale, di, probs.d);
-      check("attention_head_sum_probs", c, probs.h, probs.d, 1e-6, 1e-4);
-    }
+  const std::vector<std::vector<int64_t>> batches = {
+      {0, 1}, {0, 5, 5, 17, 50}, {0, 130}, {0, 70, 200}};
+  struct Dims {
+    int64_t dk, dv;
+  };
+  for (Dims dims : {Dims{24, 16}, Dims{192, 128}, Dims{200, 136}}) {
+    for (const auto& cu : batches)
+      for (int sparse = 0; sparse < 2; ++sparse) {
+        const int64_t n = cu.back(), h = 3, dk = dims.dk, dv = dims.dv;
+        // q, k, v are views of one [N, H, dk + dv] buffer each (MLA's kv_b output layout).
+        Pair qb = rand({n, h, dk + 4}), kvb = rand({n, h, dk + dv});
+        Tensor hq = qb.h.slice(2, 0, dk), dq_in = qb.d.slice(2, 0, dk);
+        Tensor hk = kvb.h.slice(2, 0, dk), dk_in = kvb.d.slice(2, 0, dk);
+        Tensor hv = kvb.h.slice(2, dk, dk + dv), dv_in = kvb.d.slice(2, dk, dk + dv);
+        Pair idx = mirror(random_sparse(cu, 7, rng_));
+        const Tensor* hi = sparse ? &idx.h : nullptr;
+        const Tensor* di = sparse ? &idx.d : nullptr;
+        const float scale = 0.3f;
+        Pair out = rand({n, h, dv}), lse = rand({h, n});
+        cpu().attention_forward(hq, hk, hv, cu, scale, out.h, lse.h, hi);
+        gpu().attention_forward(dq_in, dk_in, dv_in, cu, scale, out.d, lse.d, di);
+        const std::string c =
+            fmt::format("H={} dk={} dv={} {}{}", h, dk, dv, cs(cu), sparse ? " sparse k=7" : "");
+        check("attention_forward out", c, out.h, out.d, 1e-5, 1e-4);
+        check("attention_forward lse", c, lse.h, lse.d, 1e-5, 1e-5);
+        Pair dout = rand({n, h, dv});
+        Pair dq = rand({n, h, dk}), dkk = rand({n, h, dk}), dvv = rand({n, h, dv});
+        cpu().attention_backward(hq, hk, hv, out.h, dout.h, lse.h, cu, scale, dq.h, dkk.h, dvv.h,
+                                 hi);
+        gpu().attention_backward(dq_in, dk_in, dv_in, out.d, dout.d, lse.d, cu, scale, dq.d, dkk.d,
+                                 dvv.d, di);
+        check("attention_backward dq", c, dq.h, dq.d, 1e-5, 1e-4);
+        check("attention_backward dk", c, dkk.h, dkk.d, 1e-5, 1e-4);
+        check("attention_backward dv", c, dvv.h, dvv.d, 1e-5, 1e-4);
+        Pair probs = rand({[&] {
+          int64_t t = 0;
+          for (size_t s = 0; s + 1 < cu.size(); ++s) t += (cu[s + 1] - cu[s]) * (cu[s + 1] - cu[s]);
+          return t;
+        }()});
+        cpu().attention_head_sum_probs(hq, hk, lse.h, cu, scale, hi, probs.h);
+        gpu().attention_head_sum_probs(dq_in, dk_in, lse.d, cu, scale, di, probs.d);
+        check("attention_head_sum_probs", c, probs.h, probs.d, 1e-6, 1e-4);
+      }
+  }
   if (!perf_enabled()) return;
   // DeepSeek-V3 head dims, one 2048-token sequence, 16 heads.
   const int64_t n = 2048, h = 16, dk = 192, dv = 128;
@@ -360,6 +447,96 @@ TEST_F(BackendOps, AttentionForwardBackward) {
       time_us(
           [&] { gpu().attention_backward(q.d, k.d, v.d, out, out, lse, cu, 0.07f, dq, dkk, dvv); },
           3),
+      2.5 * fwd_flops);
+}
+
+// Dense attention on the tensor cores in TF32 (CudaBackendOptions::tf32_attention) against the
+// CPU's f32. Every tile-product operand is rounded to nearest to TF32 once: relative error at
+// most u = 2^-11. With q, k in [-1, 1] and scale = 1/sqrt(dk), a score errs by at most
+// 2u scale sum|q||k| <= 2u sqrt(dk) (1.4e-2 at dk = 192), and lse, a soft maximum of the scores,
+// by no more: checked element by element. out, dq, dk, dv are checked by relative L2 error: P
+// inherits the scores' error (relative, ~2u sqrt(dk) at worst, far less on average), each product
+// adds 2u; 2^-7 = 16u for out and dv (one softmax, one product), 2^-6 for dq and dk (dS = P (dP -
+// D) subtracts nearly equal terms and then enters a second product). A one-token sequence is the
+// exception: with one key P = 1 and D = dP, so dS, dq and dk are 0 in exact arithmetic and only
+// rounding is left on either side, with no relative error to measure; there the check is
+// absolute: the rounded dP and D err by at most 2u sum|v||dO| <= 2u dv each (inputs in [-1, 1]),
+// and dS's own rounding adds 2u |dP - D|, so |dq|, |dk| <= scale (4u dv + 2u 2 dv) = 8u dv scale.
+TEST_F(BackendOps, AttentionTf32TensorCores) {
+  auto tc = make_cuda_backend(0, CudaBackendOptions{CudaGemm::f32, true});
+  const std::vector<std::vector<int64_t>> batches = {
+      {0, 1}, {0, 5, 5, 17, 50}, {0, 130}, {0, 70, 200}};
+  struct Dims {
+    int64_t dk, dv;
+  };
+  double seen = 0;
+  for (Dims dims : {Dims{24, 16}, Dims{192, 128}, Dims{40, 24}}) {
+    for (const auto& cu : batches) {
+      const int64_t n = cu.back(), h = 3, dk = dims.dk, dv = dims.dv;
+      Pair qb = rand({n, h, dk + 4}), kvb = rand({n, h, dk + dv});
+      Tensor hq = qb.h.slice(2, 0, dk), hk = kvb.h.slice(2, 0, dk);
+      Tensor hv = kvb.h.slice(2, dk, dk + dv);
+      Tensor dq_in = tc->from_host(qb.h).slice(2, 0, dk);
+      Tensor dkv = tc->from_host(kvb.h);
+      Tensor dk_in = dkv.slice(2, 0, dk), dv_in = dkv.slice(2, dk, dk + dv);
+      const float scale = 1.0f / std::sqrt(float(dk));
+      Tensor out = Tensor::empty({n, h, dv}, DType::f32), lse = Tensor::empty({h, n}, DType::f32);
+      Tensor out_d = tc->empty({n, h, dv}), dlse = tc->empty({h, n});
+      cpu().attention_forward(hq, hk, hv, cu, scale, out, lse);
+      tc->attention_forward(dq_in, dk_in, dv_in, cu, scale, out_d, dlse);
+      Tensor got_out = tc->to_host(out_d), got_lse = tc->to_host(dlse);
+      Tensor g = rand_host({n, h, dv});
+      Tensor dq = Tensor::empty({n, h, dk}, DType::f32),
+             dk_ = Tensor::empty({n, h, dk}, DType::f32),
+             dv_ = Tensor::empty({n, h, dv}, DType::f32);
+      cpu().attention_backward(hq, hk, hv, out, g, lse, cu, scale, dq, dk_, dv_);
+      Tensor gq = tc->empty({n, h, dk}), gk = tc->empty({n, h, dk}), gv = tc->empty({n, h, dv});
+      tc->attention_backward(dq_in, dk_in, dv_in, out_d, tc->from_host(g), dlse, cu, scale, gq, gk,
+                             gv);
+      const double lse_bound = 2.0 * std::ldexp(1.0, -11) * std::sqrt(double(dk)) + 1e-5;
+      double lse_err = 0;
+      for (int64_t i = 0; i < lse.numel(); ++i)
+        lse_err = std::max(lse_err, std::fabs(double(got_lse.f32()[i]) - double(lse.f32()[i])));
+      Tensor hgq = tc->to_host(gq), hgk = tc->to_host(gk);
+      const double e_out = relative_l2(got_out, out), e_dq = relative_l2(hgq, dq),
+                   e_dk = relative_l2(hgk, dk_), e_dv = relative_l2(tc->to_host(gv), dv_);
+      const double t1 = std::ldexp(1.0, -7), t2 = std::ldexp(1.0, -6);
+      bool grads_ok = e_dq <= t2 && e_dk <= t2;
+      if (n == 1) {  // dq = dk = 0 exactly: absolute bound (see above)
+        const double bound = 8.0 * std::ldexp(1.0, -11) * double(dv) * double(scale);
+        double mx = 0;
+        for (int64_t i = 0; i < hgq.numel(); ++i)
+          mx = std::max({mx, std::fabs(double(hgq.f32()[i])), std::fabs(double(hgk.f32()[i]))});
+        std::printf(
+            "[ attention tf32          ] dk=%lld one token: max |dq|, |dk| %.3g (<= %.3g)\n",
+            (long long)dk, mx, bound);
+        grads_ok = mx <= bound;
+      }
+      const bool pass = lse_err <= lse_bound && e_out <= t1 && e_dv <= t1 && grads_ok;
+      std::printf(
+          "[ attention tf32          ] dk=%lld dv=%lld %-16s lse max_abs %.3g (<= %.3g) rel_l2 "
+          "out %.3g dv %.3g (<= %.3g) dq %.3g dk %.3g (<= %.3g) %s\n",
+          (long long)dk, (long long)dv, cs(cu).c_str(), lse_err, lse_bound, e_out, e_dv, t1, e_dq,
+          e_dk, t2, pass ? "PASS" : "FAIL");
+      EXPECT_TRUE(pass) << "tf32 attention dk=" << dk << " " << cs(cu);
+      seen = std::max(seen, e_out);
+    }
+  }
+  // f32 kernels land near 1e-7 here; TF32 operands must leave a visible trace.
+  EXPECT_GT(seen, 1e-5) << "the TF32 path did not run";
+  if (!perf_enabled()) return;
+  const int64_t n = 2048, h = 16, dk = 192, dv = 128;
+  Tensor q = tc->from_host(rand_host({n, h, dk})), k = tc->from_host(rand_host({n, h, dk})),
+         v = tc->from_host(rand_host({n, h, dv}));
+  Tensor out = tc->empty({n, h, dv}), lse = tc->empty({h, n});
+  const std::vector<int64_t> cu = {0, n};
+  const double fwd_flops = 2.0 * h * (double(n) * (n + 1) / 2) * (dk + dv);
+  perf_flops("attention_forward", "tf32 N=2048 H=16 dk=192 dv=128 causal",
+             time_us([&] { tc->attention_forward(q, k, v, cu, 0.07f, out, lse); }, 3), fwd_flops);
+  Tensor dq = tc->empty({n, h, dk}), dkk = tc->empty({n, h, dk}), dvv = tc->empty({n, h, dv});
+  perf_flops(
+      "attention_backward", "tf32 N=2048 H=16 dk=192 dv=128 causal",
+      time_us([&] { tc->attention_backward(q, k, v, out, out, lse, cu, 0.07f, dq, dkk, dvv); }, 3),
       2.5 * fwd_flops);
 }
 

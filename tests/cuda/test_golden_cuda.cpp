@@ -5,6 +5,7 @@
 // (SHOAL_TEST_DATA in the environment, then the source tree's tests/data, then ./tests/data).
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
@@ -54,6 +55,41 @@ TEST_P(GoldenCuda, LogitsLossAndGradients) {
       name.c_str(), rep.loss, rep.reference_loss, rep.rows.size(), worst_name.c_str(), worst,
       rep.ok() ? "PASS" : "FAIL");
   EXPECT_TRUE(rep.missing.empty()) << "parameters without a reference gradient";
+  EXPECT_TRUE(rep.ok());
+}
+
+// The same goldens with the backend's GEMMs on the tensor cores in bf16 (CudaGemm::bf16: operands
+// rounded to bf16, f32 accumulation; every other op stays f32). The tolerances are bf16's, fixed
+// from its precision, not from the results: a rounded operand errs by at most u = 2^-7 relative
+// (8-bit significand, truncation; 2^-8 rounding to nearest), a GEMM output by ~u relative, and
+// the few GEMMs on a tiny model's path add roughly in quadrature. Logits: 4u (2^-5, 3.1e-2);
+// gradients, which pass through twice as many GEMMs: 8u (2^-4, 6.3e-2); the loss, a mean of
+// log-sum-exps that averages the logits' errors: u (2^-7, 7.8e-3).
+TEST_P(GoldenCuda, LogitsLossAndGradientsBf16Gemms) {
+  const std::string name = GetParam(), dir = data_ + "/" + name;
+  auto gpu = make_cuda_backend(0, CudaBackendOptions{CudaGemm::bf16});
+  auto model = Model::from_pretrained(dir, *gpu);
+  CheckTolerances tol;
+  tol.logits = std::ldexp(1.0, -5);
+  tol.grad = std::ldexp(1.0, -4);
+  tol.loss = std::ldexp(1.0, -7);
+  CheckReport rep = check_against_reference(*model, dir + "/reference.safetensors",
+                                            dir + "/grads.safetensors", tol);
+  ASSERT_GT(rep.rows.size(), 2u);
+  double worst = 0, logits_err = 0;
+  std::string worst_name;
+  for (auto& r : rep.rows) {
+    EXPECT_LE(r.error, r.tolerance) << name << " (bf16 GEMMs): " << r.name;
+    if (r.name == "logits") logits_err = r.error;
+    if (r.error / r.tolerance > worst) worst = r.error / r.tolerance, worst_name = r.name;
+  }
+  std::printf(
+      "[ golden cuda bf16 ] %-23s loss %.9g (reference %.9g), logits rel err %.3g, %zu rows, "
+      "worst %s at %.3g of its tolerance %s\n",
+      name.c_str(), rep.loss, rep.reference_loss, logits_err, rep.rows.size(), worst_name.c_str(),
+      worst, rep.ok() ? "PASS" : "FAIL");
+  // The bf16 path must really have run: f32 GEMMs give logits errors near 1e-6 here.
+  EXPECT_GT(logits_err, 1e-5) << "bf16 GEMMs left no trace in the logits";
   EXPECT_TRUE(rep.ok());
 }
 
