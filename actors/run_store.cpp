@@ -338,4 +338,68 @@ json RunStore::summary() {
   return out;
 }
 
+std::string RunStore::meta_value(const std::string& key) {
+  auto s = db_->prepare("SELECT value FROM meta WHERE key = ?");
+  s.bind(1, key);
+  return s.step() ? s.text(0) : "";
+}
+
+std::vector<StageSteps> RunStore::stage_steps() {
+  std::vector<StageSteps> out;
+  auto s = db_->prepare(
+      "SELECT stage, COUNT(*), MIN(gstep), MAX(gstep), MIN(time), MAX(time) FROM steps "
+      "GROUP BY stage ORDER BY MIN(gstep)");
+  while (s.step())
+    out.push_back({s.text(0), s.int64(1), s.int64(2), s.int64(3), s.real(4), s.real(5)});
+  return out;
+}
+
+std::vector<StageEpisodes> RunStore::stage_episodes() {
+  std::vector<StageEpisodes> out;
+  auto s = db_->prepare(
+      "SELECT stage, COUNT(*), AVG(reward), AVG(turns), AVG(tool_calls), AVG(length(tokens)) / "
+      "4.0, "
+      "SUM(invalid_tool_calls), SUM(status != 'ok') FROM episodes GROUP BY stage ORDER BY MIN(id)");
+  while (s.step())
+    out.push_back({s.text(0), s.int64(1), s.real(2), s.real(3), s.real(4), s.real(5), s.int64(6),
+                   s.int64(7)});
+  return out;
+}
+
+std::vector<int64_t> RunStore::last_step_episode_ids(const std::string& stage) {
+  std::vector<int64_t> ids;
+  auto q = db_->prepare(
+      "SELECT id FROM episodes WHERE stage = ? AND gstep = "
+      "(SELECT MAX(gstep) FROM episodes WHERE stage = ?) ORDER BY reward DESC, id");
+  q.bind(1, stage).bind(2, stage);
+  while (q.step()) ids.push_back(q.int64(0));
+  return ids;
+}
+
+EpisodeSummary RunStore::episode_summary(int64_t id) {
+  auto s = db_->prepare(
+      "SELECT gstep, stage, task_id, family, difficulty, turns, tool_calls, invalid_tool_calls, "
+      "length(tokens) / 4, loss_mask, reason, status, reward, messages, components FROM episodes "
+      "WHERE id = ?");
+  s.bind(1, id);
+  SHOAL_CHECK(s.step(), "run store {}: no episode {}", db_->path(), id);
+  EpisodeSummary e;
+  e.gstep = s.int64(0);
+  e.stage = s.text(1);
+  e.task_id = s.text(2);
+  e.family = s.text(3);
+  e.difficulty = s.int64(4);
+  e.turns = s.int64(5);
+  e.tool_calls = s.int64(6);
+  e.invalid_tool_calls = s.int64(7);
+  e.tokens = s.int64(8);
+  for (uint8_t m : s.blob(9)) e.generated_tokens += m != 0;
+  e.reason = s.text(10);
+  e.status = s.text(11);
+  e.reward = s.real(12);
+  e.messages = json::parse(s.text(13), nullptr, false);
+  e.components = json::parse(s.text(14), nullptr, false);
+  return e;
+}
+
 }  // namespace shoal::actors

@@ -54,6 +54,29 @@ struct CheckpointRecord {
   nlohmann::json state;
 };
 
+// Aggregates and summaries the store computes for `shoal runs` and the report.
+struct StageSteps {
+  std::string stage;
+  int64_t steps = 0, first_gstep = 0, last_gstep = 0;
+  double first_time = 0, last_time = 0;  // when its first and last steps were written (unix s)
+};
+
+struct StageEpisodes {
+  std::string stage;  // a training stage, or "eval:SUITE@LABEL"
+  int64_t count = 0;
+  double mean_reward = 0, mean_turns = 0, mean_tool_calls = 0, mean_tokens = 0;
+  int64_t invalid_tool_calls = 0, not_ok = 0;  // status other than "ok"
+};
+
+// One episode without its token ids and log-probs (what the report shows).
+struct EpisodeSummary {
+  int64_t gstep = 0, difficulty = 0, turns = 0, tool_calls = 0, invalid_tool_calls = 0;
+  int64_t tokens = 0, generated_tokens = 0;
+  std::string stage, task_id, family, reason, status;
+  double reward = 0;
+  nlohmann::json messages, components;  // null when the stored text is not JSON
+};
+
 class RunStore {
  public:
   // Creates runs/NAME/run.sqlite with the schema (the file must not exist yet).
@@ -92,6 +115,15 @@ class RunStore {
   int64_t episode_count();
   std::vector<EpisodeRecord> episodes(const std::string& stage_filter = "", int64_t limit = -1);
   nlohmann::json summary();  // name, status, steps, episodes, last metrics, created
+  // A meta value ("updated", ...) or "" when the store has none.
+  std::string meta_value(const std::string& key);
+  // The training stages in the order they ran, from the steps table.
+  std::vector<StageSteps> stage_steps();
+  // Episode counts and means per stage, in the order the stages first wrote episodes.
+  std::vector<StageEpisodes> stage_episodes();
+  // The episodes of the stage's last step (its highest gstep), best reward first, then by id.
+  std::vector<int64_t> last_step_episode_ids(const std::string& stage);
+  EpisodeSummary episode_summary(int64_t id);  // throws when there is no such episode
 
   SqliteDb& db() { return *db_; }
 

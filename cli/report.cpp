@@ -151,7 +151,7 @@ std::string config_summary(const json& config) {
          "</pre></details>";
 }
 
-std::string stages_table(const std::vector<StageSteps>& stages, double created) {
+std::string stages_table(const std::vector<actors::StageSteps>& stages, double created) {
   if (stages.empty()) return "<p class=\"empty\">No training steps recorded yet.</p>";
   std::string out =
       "<table><tr><th>stage</th><th>steps</th><th>global steps</th><th>finished</th><th>wall "
@@ -246,7 +246,7 @@ struct MetricStats {
 
 // Tokens and tokens/s per stage, and where a step's time goes (the time_* metrics).
 std::string throughput(const std::vector<actors::RunStore::MetricRow>& metrics,
-                       const std::vector<StageSteps>& stages, double created) {
+                       const std::vector<actors::StageSteps>& stages, double created) {
   std::map<std::string, std::map<std::string, MetricStats>> by_stage;  // stage -> metric -> stats
   std::map<std::string, MetricStats> phases;
   for (const auto& m : metrics) {
@@ -323,8 +323,8 @@ std::string run_report_html(actors::RunStore& store) {
   json summary = store.summary();
   std::string name = summary["name"], status = summary["status"];
   double created = summary["created"];
-  std::string updated = run_meta(store, "updated");
-  auto stages = stage_steps(store);
+  std::string updated = store.meta_value("updated");
+  auto stages = store.stage_steps();
   auto metrics = store.metrics();
   json evals = store.evals();
   int charts = 0;

@@ -52,8 +52,8 @@ using Series = std::map<std::string, ChartSeries>;  // by metric name, x ascendi
 }  // namespace
 
 std::string report_curves(const std::vector<actors::RunStore::MetricRow>& metrics,
-                          const nlohmann::json& evals, const std::vector<StageSteps>& stages,
-                          int* charts) {
+                          const nlohmann::json& evals,
+                          const std::vector<actors::StageSteps>& stages, int* charts) {
   Series series;
   std::vector<double> steps;  // every gstep with a metric, ascending
   for (const auto& m : metrics) {

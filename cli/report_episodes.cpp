@@ -81,7 +81,7 @@ std::string components_text(const json& components) {
   return out;
 }
 
-std::string episode_html(const EpisodeView& e) {
+std::string episode_html(const actors::EpisodeSummary& e) {
   std::string out = fmt::format(
       "<details class=\"episode\"><summary><b>{}</b> · {} d{} · reward <b>{}</b> · {} · step {} · "
       "{} turns, {} tool calls{} · {} tokens ({} generated)</summary>",
@@ -105,7 +105,7 @@ std::string episode_html(const EpisodeView& e) {
 }  // namespace
 
 std::string report_episodes(actors::RunStore& store, int per_stage) {
-  auto stages = stage_episodes(store);
+  auto stages = store.stage_episodes();
   if (stages.empty()) return "<p class=\"empty\">No episodes recorded yet.</p>";
   std::string out =
       "<table><tr><th>stage</th><th>episodes</th><th>mean reward</th><th>turns</th><th>tool "

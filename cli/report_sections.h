@@ -15,8 +15,8 @@ namespace shoal::cli {
 // length, loss, throughput, time shares, then any other metric), plus eval pass rate over steps.
 // `charts` receives how many <svg class="chart"> elements were emitted.
 std::string report_curves(const std::vector<actors::RunStore::MetricRow>& metrics,
-                          const nlohmann::json& evals, const std::vector<StageSteps>& stages,
-                          int* charts);
+                          const nlohmann::json& evals,
+                          const std::vector<actors::StageSteps>& stages, int* charts);
 
 // Per-stage episode statistics and a few sample episodes of each stage's last step.
 std::string report_episodes(actors::RunStore& store, int per_stage);

@@ -8,7 +8,6 @@
 #include <fstream>
 
 #include "base/error.h"
-#include "base/sqlite.h"
 
 namespace shoal::cli {
 
@@ -39,41 +38,9 @@ std::unique_ptr<actors::RunStore> open_run_store(const std::string& path) {
   return actors::RunStore::open(path, /*read_only=*/true);
 }
 
-std::string run_meta(actors::RunStore& store, const std::string& key) {
-  auto s = store.db().prepare("SELECT value FROM meta WHERE key = ?");
-  s.bind(1, key);
-  return s.step() ? s.text(0) : "";
-}
-
-std::vector<StageSteps> stage_steps(actors::RunStore& store) {
-  std::vector<StageSteps> out;
-  auto s = store.db().prepare(
-      "SELECT stage, COUNT(*), MIN(gstep), MAX(gstep), MIN(time), MAX(time) FROM steps "
-      "GROUP BY stage ORDER BY MIN(gstep)");
-  while (s.step())
-    out.push_back({s.text(0), s.int64(1), s.int64(2), s.int64(3), s.real(4), s.real(5)});
-  return out;
-}
-
-std::vector<StageEpisodes> stage_episodes(actors::RunStore& store) {
-  std::vector<StageEpisodes> out;
-  auto s = store.db().prepare(
-      "SELECT stage, COUNT(*), AVG(reward), AVG(turns), AVG(tool_calls), AVG(length(tokens)) / "
-      "4.0, "
-      "SUM(invalid_tool_calls), SUM(status != 'ok') FROM episodes GROUP BY stage ORDER BY MIN(id)");
-  while (s.step())
-    out.push_back({s.text(0), s.int64(1), s.real(2), s.real(3), s.real(4), s.real(5), s.int64(6),
-                   s.int64(7)});
-  return out;
-}
-
-std::vector<EpisodeView> sample_episodes(actors::RunStore& store, const std::string& stage, int n) {
-  std::vector<int64_t> ids;
-  auto q = store.db().prepare(
-      "SELECT id FROM episodes WHERE stage = ? AND gstep = "
-      "(SELECT MAX(gstep) FROM episodes WHERE stage = ?) ORDER BY reward DESC, id");
-  q.bind(1, stage).bind(2, stage);
-  while (q.step()) ids.push_back(q.int64(0));
+std::vector<actors::EpisodeSummary> sample_episodes(actors::RunStore& store,
+                                                    const std::string& stage, int n) {
+  std::vector<int64_t> ids = store.last_step_episode_ids(stage);
   std::vector<size_t> picks;
   if (static_cast<int>(ids.size()) <= n) {
     for (size_t i = 0; i < ids.size(); ++i) picks.push_back(i);
@@ -82,33 +49,8 @@ std::vector<EpisodeView> sample_episodes(actors::RunStore& store, const std::str
   } else if (n > 1) {
     for (int k = 0; k < n; ++k) picks.push_back(k * (ids.size() - 1) / (n - 1));
   }
-  std::vector<EpisodeView> out;
-  auto s = store.db().prepare(
-      "SELECT gstep, stage, task_id, family, difficulty, turns, tool_calls, invalid_tool_calls, "
-      "length(tokens) / 4, loss_mask, reason, status, reward, messages, components FROM episodes "
-      "WHERE id = ?");
-  for (size_t i : picks) {
-    s.reset();
-    s.bind(1, ids[i]);
-    SHOAL_CHECK(s.step(), "episode {} vanished while reading", ids[i]);
-    EpisodeView e;
-    e.gstep = s.int64(0);
-    e.stage = s.text(1);
-    e.task_id = s.text(2);
-    e.family = s.text(3);
-    e.difficulty = s.int64(4);
-    e.turns = s.int64(5);
-    e.tool_calls = s.int64(6);
-    e.invalid_tool_calls = s.int64(7);
-    e.tokens = s.int64(8);
-    for (uint8_t m : s.blob(9)) e.generated_tokens += m != 0;
-    e.reason = s.text(10);
-    e.status = s.text(11);
-    e.reward = s.real(12);
-    e.messages = json::parse(s.text(13), nullptr, false);
-    e.components = json::parse(s.text(14), nullptr, false);
-    out.push_back(std::move(e));
-  }
+  std::vector<actors::EpisodeSummary> out;
+  for (size_t i : picks) out.push_back(store.episode_summary(ids[i]));
   return out;
 }
 

@@ -73,7 +73,7 @@ json show_json(actors::RunStore& store, size_t events) {
   out["summary"] = store.summary();
   out["config"] = store.config();
   json stages = json::array();
-  for (const auto& s : stage_steps(store))
+  for (const auto& s : store.stage_steps())
     stages.push_back({{"stage", s.stage},
                       {"steps", s.steps},
                       {"first_gstep", s.first_gstep},
@@ -179,8 +179,8 @@ int64_t export_lines(actors::RunStore& store, const std::string& what, const std
   }
   if (n == 0 && !stage.empty()) {  // most likely a misspelt stage: say which ones exist
     std::string known;
-    for (const auto& s : stage_episodes(store)) known += (known.empty() ? "" : ", ") + s.stage;
-    for (const auto& s : stage_steps(store))
+    for (const auto& s : store.stage_episodes()) known += (known.empty() ? "" : ", ") + s.stage;
+    for (const auto& s : store.stage_steps())
       if (known.find(s.stage) == std::string::npos) known += (known.empty() ? "" : ", ") + s.stage;
     std::fprintf(stderr, "no %s in stage '%s' (stages: %s)\n", what.c_str(), stage.c_str(),
                  known.empty() ? "none yet" : known.c_str());

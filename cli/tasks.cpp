@@ -1,7 +1,8 @@
-// shoal tasks families | synth | list | show | export: the task families and the task store from
-// the command line. synth generates, checks (demonstration accepted, perturbation rejected) and
-// stores tasks with progress on stderr; export writes JSON lines in OpenAI message form. Not the
-// families or the store themselves (tasks/).
+// shoal tasks families | synth | check | list | show | export: the task families and the task store
+// from the command line. synth generates, checks (demonstration accepted, perturbation rejected)
+// and stores tasks with progress on stderr; check does the same checks over a range of seeds
+// without storing and counts the failures; export writes JSON lines in OpenAI message form. Not
+// the families or the store themselves (tasks/).
 #include <unistd.h>
 
 #include <cstdio>
@@ -79,6 +80,55 @@ std::string first_user_text(const json& messages) {
   return "";
 }
 
+struct CheckOpts {
+  std::vector<std::string> families;
+  std::vector<int> difficulties;
+  uint64_t from = 0;
+  int seeds = 1000;
+  bool generate_only = false;
+};
+
+// shoal tasks check: one line per family and difficulty (seeds, failures, time), then the first
+// failures with their seed; exit 1 when any seed fails.
+int check_families(const CheckOpts& c, const std::string& endpoint) {
+  std::vector<std::string> names = c.families.empty() ? family_names() : c.families;
+  std::vector<int> ds = c.difficulties;
+  if (ds.empty())
+    for (int d = tasks::kMinDifficulty; d <= tasks::kMaxDifficulty; ++d) ds.push_back(d);
+  std::unique_ptr<SandboxForSynth> sandbox;
+  int64_t failed = 0, tried = 0;
+  for (const auto& name : names) {
+    const tasks::Family& family = tasks::find_family(name);
+    if (family.needs_sandbox() && !c.generate_only && !sandbox)
+      sandbox = std::make_unique<SandboxForSynth>(endpoint);
+    for (int d : ds) {
+      tasks::CheckOptions co;
+      co.family = name;
+      co.difficulty = d;
+      co.first_seed = c.from;
+      co.seeds = c.seeds;
+      co.generate_only = c.generate_only;
+      co.sandbox = sandbox ? sandbox->client() : nullptr;
+      tasks::CheckReport r = tasks::check_family(co);
+      std::printf("%-18s d%d: seeds %llu..%llu, %d failed (%.1f s, %.0f seeds/s)\n", name.c_str(),
+                  d, static_cast<unsigned long long>(c.from),
+                  static_cast<unsigned long long>(c.from + static_cast<uint64_t>(c.seeds) - 1),
+                  r.failed, r.seconds, r.seconds > 0 ? r.tried / r.seconds : 0.0);
+      for (const auto& f : r.failures)
+        std::printf("  seed %llu (%s): %s\n", static_cast<unsigned long long>(f.seed),
+                    f.stage.c_str(), f.message.c_str());
+      if (r.failed > static_cast<int>(r.failures.size()))
+        std::printf("  ... and %d more\n", r.failed - static_cast<int>(r.failures.size()));
+      std::fflush(stdout);
+      failed += r.failed;
+      tried += r.tried;
+    }
+  }
+  std::printf("%lld of %lld seeds failed%s\n", static_cast<long long>(failed),
+              static_cast<long long>(tried), c.generate_only ? " to generate" : "");
+  return failed == 0 ? 0 : 1;
+}
+
 }  // namespace
 
 Run add_tasks(CLI::App& app) {
@@ -109,6 +159,22 @@ Run add_tasks(CLI::App& app) {
   synth->add_option("--store", o->store, "task store file (created when missing)")
       ->capture_default_str();
   synth->add_option("--endpoint", o->endpoint,
+                    "sandbox server for code-running families (default: a private local one)");
+
+  auto co = std::make_shared<CheckOpts>();
+  CLI::App* check = app.add_subcommand(
+      "check", "Generate, demonstrate and verify many seeds; count the seeds that fail");
+  check->add_option("--family", co->families, "families to check (default: all)")
+      ->check(CLI::IsMember(families_names));
+  check->add_option("--difficulty", co->difficulties, "difficulties to check (default: 1..5)")
+      ->check(CLI::Range(tasks::kMinDifficulty, tasks::kMaxDifficulty));
+  check->add_option("--seeds", co->seeds, "seeds per family and difficulty")
+      ->check(CLI::Range(1, 100000000))
+      ->capture_default_str();
+  check->add_option("--from", co->from, "first seed")->capture_default_str();
+  check->add_flag("--generate-only", co->generate_only,
+                  "only generate (no demonstration, verification or perturbation)");
+  check->add_option("--endpoint", o->endpoint,
                     "sandbox server for code-running families (default: a private local one)");
 
   auto add_filters = [&](CLI::App* sub) {
@@ -142,12 +208,13 @@ Run add_tasks(CLI::App& app) {
   // Filters of list/export default to "any split" when not given.
   auto split_given = [](CLI::App* sub) { return sub->count("--split") > 0; };
 
-  return [o, fam, synth, list, show, exp, split_given]() {
+  return [o, co, fam, synth, check, list, show, exp, split_given]() {
     if (fam->parsed()) {
       for (const auto* f : tasks::families())
         std::printf("%-18s %s\n", f->name().c_str(), f->description().c_str());
       return 0;
     }
+    if (check->parsed()) return check_families(*co, o->endpoint);
     if (synth->parsed()) {
       tasks::TaskStore store(o->store, true);
       const tasks::Family& family = tasks::find_family(o->family);

@@ -9,33 +9,20 @@ namespace shoal::sandbox {
 
 namespace {
 
-json function(const char* name, const char* description, json properties,
-              std::vector<std::string> required) {
-  return {{"type", "function"},
-          {"function",
-           {{"name", name},
-            {"description", description},
-            {"parameters",
-             {{"type", "object"},
-              {"properties", std::move(properties)},
-              {"required", required},
-              {"additionalProperties", false}}}}}};
-}
-
 json build_schemas() {
   json tools = json::array();
-  tools.push_back(function(
+  tools.push_back(function_schema(
       "python",
       "Run Python 3 code in a sandbox (no network; files under /work persist for the session). "
       "With a session, variables persist between calls like a notebook; the value of a final "
       "expression is printed. Returns stdout, stderr and the exit code.",
       {{"code", {{"type", "string"}, {"description", "Python source to run"}}}}, {"code"}));
-  tools.push_back(function(
+  tools.push_back(function_schema(
       "shell",
       "Run a shell command (/bin/sh -c) in the sandbox's workspace /work (no network). Returns "
       "stdout, stderr and the exit code.",
       {{"command", {{"type", "string"}, {"description", "the command line"}}}}, {"command"}));
-  tools.push_back(function(
+  tools.push_back(function_schema(
       "files",
       "Read, write, list, patch or delete files in the workspace. Paths are relative to the "
       "workspace; paths leading outside it are refused.",
@@ -51,25 +38,25 @@ json build_schemas() {
        {"old", {{"type", "string"}, {"description", "for patch: exact text to replace, once"}}},
        {"new", {{"type", "string"}, {"description", "for patch: replacement text"}}}},
       {"action"}));
-  tools.push_back(
-      function("calculator",
-               "Exact arithmetic on big integers and fractions: + - * / // % ^ ! and parentheses, "
-               "decimals (exact), abs gcd lcm floor ceil round min max factorial comb pow(a,b[,m]) "
-               "sqrt (exact squares). Returns the exact value and a 40-digit decimal.",
-               {{"expression", {{"type", "string"}, {"description", "e.g. (2^100 + 1) / 3"}}}},
-               {"expression"}));
-  tools.push_back(
-      function("run_tests",
-               "Write files into the workspace, run a test command and report pass/fail per test "
-               "(unittest -v and pytest -v output are understood).",
-               {{"files",
-                 {{"type", "object"},
-                  {"additionalProperties", {{"type", "string"}}},
-                  {"description", "relative path -> content, written before the run"}}},
-                {"command",
-                 {{"type", "string"},
-                  {"description", "test command (default: python3 -m unittest discover -v)"}}}},
-               {}));
+  tools.push_back(function_schema(
+      "calculator",
+      "Exact arithmetic on big integers and fractions: + - * / // % ^ ! and parentheses, "
+      "decimals (exact), abs gcd lcm floor ceil round min max factorial comb pow(a,b[,m]) "
+      "sqrt (exact squares). Returns the exact value and a 40-digit decimal.",
+      {{"expression", {{"type", "string"}, {"description", "e.g. (2^100 + 1) / 3"}}}},
+      {"expression"}));
+  tools.push_back(function_schema(
+      "run_tests",
+      "Write files into the workspace, run a test command and report pass/fail per test "
+      "(unittest -v and pytest -v output are understood).",
+      {{"files",
+        {{"type", "object"},
+         {"additionalProperties", {{"type", "string"}}},
+         {"description", "relative path -> content, written before the run"}}},
+       {"command",
+        {{"type", "string"},
+         {"description", "test command (default: python3 -m unittest discover -v)"}}}},
+      {}));
   return tools;
 }
 
@@ -88,6 +75,19 @@ bool type_matches(const json& value, const std::string& type) {
 }
 
 }  // namespace
+
+json function_schema(const std::string& name, const std::string& description, json properties,
+                     const std::vector<std::string>& required) {
+  return {{"type", "function"},
+          {"function",
+           {{"name", name},
+            {"description", description},
+            {"parameters",
+             {{"type", "object"},
+              {"properties", std::move(properties)},
+              {"required", required},
+              {"additionalProperties", false}}}}}};
+}
 
 const json& tool_schemas() {
   static const json schemas = build_schemas();

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 #include "sandbox/protocol.h"
 
@@ -11,6 +12,10 @@ namespace shoal::sandbox {
 
 // [{"type":"function","function":{"name","description","parameters"}}, ...]
 const json& tool_schemas();
+// One OpenAI function description: {"type":"function","function":{"name","description",
+// "parameters":{"type":"object","properties","required","additionalProperties":false}}}.
+json function_schema(const std::string& name, const std::string& description, json properties,
+                     const std::vector<std::string>& required);
 bool is_known_tool(const std::string& name);
 // Checks `args` against the tool's schema (required fields, types, no unknown fields); returns an
 // empty string when valid, else a message naming the field.

@@ -118,10 +118,7 @@ class ArithmeticFamily final : public Family {
   bool runs_in_sandbox(const std::string& tool) const override { return tool == "calculator"; }
 
   json call_tool(const Task&, EnvState*, const std::string& name, const json& args) const override {
-    SHOAL_CHECK(name == "calculator", "unknown tool '{}'", name);
-    SHOAL_CHECK(args.contains("expression") && args["expression"].is_string(),
-                "calculator needs a string argument 'expression'");
-    return sandbox::calculate(args["expression"].get<std::string>());
+    return call_calculator(name, args);
   }
 
   Episode demonstrate(const Task& t, sandbox::Client* sb) const override {

@@ -19,12 +19,6 @@ namespace {
 
 using namespace programs;
 
-constexpr size_t kMaxCode = 20000;  // characters of a submission
-
-std::string code_block(const std::string& code) {
-  return "```python\n" + trim(code) + "\n```";
-}
-
 bool contains(const std::vector<Value>& v, const Value& x) {
   return std::find(v.begin(), v.end(), x) != v.end();
 }
@@ -34,7 +28,7 @@ std::string special_cased_code(const Program& buggy, const std::vector<Value>& i
                                const std::vector<Value>& out) {
   std::string code = render(buggy);
   size_t body = code.find('\n') + 1;
-  std::string arg = buggy.input == Kind::list ? "xs" : buggy.input == Kind::text ? "s" : "n";
+  std::string arg = param_name(buggy.input);
   std::string cases;
   for (size_t i = 0; i < in.size(); ++i)
     if (run(buggy, in[i]) != out[i])
@@ -54,8 +48,7 @@ class BugFixingFamily final : public Family {
   Task make(uint64_t seed, int d) const override {
     Rng rng(name(), seed, d);
     Task t = blank(seed, d);
-    double r = rng.real();
-    Kind kind = r < 0.5 ? Kind::list : r < 0.8 ? Kind::text : Kind::integer;
+    Kind kind = random_kind(rng);
     int depth = std::vector<int>{1, 2, 3, 4, 4}[static_cast<size_t>(d - 1)];
     int n_bugs = d == 5 ? 2 : 1;
     std::vector<Value> pool = random_inputs(kind, d, 40, rng);
@@ -177,16 +170,12 @@ class BugFixingFamily final : public Family {
   }
 
   std::unique_ptr<EnvState> open(const Task&, sandbox::Client* client) const override {
-    SHOAL_CHECK(client, "family bug_fixing needs a sandbox client");
-    auto s = std::make_unique<PythonToolState>();
-    s->client = client;
-    return s;
+    return open_python_tool(name(), client);
   }
 
   json call_tool(const Task&, EnvState* state, const std::string& name,
                  const json& args) const override {
-    SHOAL_CHECK(name == "python", "unknown tool '{}'", name);
-    return run_python_tool(*static_cast<PythonToolState*>(state)->client, args);
+    return call_python_tool(state, name, args);
   }
 
   Episode demonstrate(const Task& t, sandbox::Client* sb) const override {
@@ -258,14 +247,7 @@ class BugFixingFamily final : public Family {
 
  protected:
   Reward check(const Task& t, const Episode& e, sandbox::Client* sb) const override {
-    auto code = submitted_code(e);
-    if (!code) return fail("no ```python code block in the final message", {{"passed", 0}});
-    if (code->size() > kMaxCode)
-      return fail(fmt::format("the code is over {} characters", kMaxCode), {{"passed", 0}});
-    std::vector<Value> in, out;
-    examples_from_json(t.environment["tests"], in, out);
-    examples_from_json(t.verifier["hidden"], in, out);
-    return check_hidden_tests(*sb, *code, in, out);
+    return check_submission(*sb, e, t.environment["tests"], t.verifier["hidden"]);
   }
 
  private:
@@ -282,28 +264,6 @@ class BugFixingFamily final : public Family {
       tr.call("python", {{"code", example_runner(candidate, in, out)}}, thought);
     tr.say(claim + "\n\n" + code_block(candidate));
     return tr.take();
-  }
-
-  static std::vector<std::string> tool_stdouts(const Episode& e) {
-    std::vector<std::string> out;
-    for (const auto& m : e.messages)
-      if (m.value("role", "") == "tool") {
-        json r = json::parse(m["content"].get<std::string>(), nullptr, false);
-        out.push_back(r.is_object() && r.contains("stdout") ? r["stdout"].get<std::string>()
-                                                            : r.dump());
-      }
-    return out;
-  }
-
-  static size_t count_lines(const std::string& text, const std::string& prefix) {
-    size_t n = 0;
-    for (size_t at = 0; at < text.size();) {
-      size_t nl = text.find('\n', at);
-      if (text.compare(at, prefix.size(), prefix) == 0) ++n;
-      if (nl == std::string::npos) break;
-      at = nl + 1;
-    }
-    return n;
   }
 };
 

@@ -18,21 +18,15 @@ namespace {
 
 using namespace programs;
 
-constexpr size_t kMaxCode = 20000;  // characters of a submission
-
 std::string describe_output(Kind k) {
   return k == Kind::list ? "a list of integers" : k == Kind::text ? "a string" : "an integer";
-}
-
-std::string code_block(const std::string& code) {
-  return "```python\n" + trim(code) + "\n```";
 }
 
 // A lookup table of the visible examples with a default for everything else: passes the
 // examples, fails the hidden tests.
 std::string lookup_table_code(const Program& p, const std::vector<Value>& in,
                               const std::vector<Value>& out) {
-  std::string arg = p.input == Kind::list ? "xs" : p.input == Kind::text ? "s" : "n";
+  std::string arg = param_name(p.input);
   Kind ok = output_kind(p);
   std::string fallback = ok == Kind::list ? "[]" : ok == Kind::text ? "''" : "0";
   std::string s = "def f(" + arg + "):\n    table = {\n";
@@ -52,8 +46,7 @@ class ProgramSynthesisFamily final : public Family {
   Task make(uint64_t seed, int d) const override {
     Rng rng(name(), seed, d);
     Task t = blank(seed, d);
-    double r = rng.real();
-    Kind kind = r < 0.5 ? Kind::list : r < 0.8 ? Kind::text : Kind::integer;
+    Kind kind = random_kind(rng);
     int depth = std::vector<int>{1, 2, 3, 3, 4}[static_cast<size_t>(d - 1)];
     bool edges = d >= 3;
     std::vector<Value> pool = random_inputs(kind, d, 48, rng);
@@ -92,7 +85,7 @@ class ProgramSynthesisFamily final : public Family {
       return out;
     };
 
-    std::string arg = kind == Kind::list ? "xs" : kind == Kind::text ? "s" : "n";
+    std::string arg = param_name(kind);
     std::string text = fmt::format(
         "Write a Python function `f({})` that takes {} and returns {}, matching these "
         "examples:\n\n```python\n",
@@ -123,23 +116,20 @@ class ProgramSynthesisFamily final : public Family {
   }
 
   std::unique_ptr<EnvState> open(const Task&, sandbox::Client* client) const override {
-    SHOAL_CHECK(client, "family program_synthesis needs a sandbox client");
-    auto s = std::make_unique<PythonToolState>();
-    s->client = client;
-    return s;
+    return open_python_tool(name(), client);
   }
 
   json call_tool(const Task&, EnvState* state, const std::string& name,
                  const json& args) const override {
-    SHOAL_CHECK(name == "python", "unknown tool '{}'", name);
-    return run_python_tool(*static_cast<PythonToolState*>(state)->client, args);
+    return call_python_tool(state, name, args);
   }
 
   Episode demonstrate(const Task& t, sandbox::Client* sb) const override {
     std::string reference = t.verifier["reference"];
     Episode e = attempt(t, reference, sb, "Let me write the function and run it on the examples.");
     size_t examples = t.environment["examples"].size();
-    std::string out = tool_stdout(e);
+    std::vector<std::string> outs = tool_stdouts(e);
+    std::string out = outs.empty() ? "" : outs[0];
     SHOAL_CHECK(count_lines(out, "ok ") == examples,
                 "program_synthesis seed {}: the reference does not pass its examples:\n{}", t.seed,
                 out);
@@ -195,14 +185,7 @@ class ProgramSynthesisFamily final : public Family {
 
  protected:
   Reward check(const Task& t, const Episode& e, sandbox::Client* sb) const override {
-    auto code = submitted_code(e);
-    if (!code) return fail("no ```python code block in the final message", {{"passed", 0}});
-    if (code->size() > kMaxCode)
-      return fail(fmt::format("the code is over {} characters", kMaxCode), {{"passed", 0}});
-    std::vector<Value> in, out;
-    examples_from_json(t.environment["examples"], in, out);
-    examples_from_json(t.verifier["hidden"], in, out);
-    return check_hidden_tests(*sb, *code, in, out);
+    return check_submission(*sb, e, t.environment["examples"], t.verifier["hidden"]);
   }
 
  private:
@@ -216,26 +199,6 @@ class ProgramSynthesisFamily final : public Family {
     tr.call("python", {{"code", example_runner(code, in, out)}}, thought);
     tr.say(fmt::format("The function passes the {} examples.\n\n{}", in.size(), code_block(code)));
     return tr.take();
-  }
-
-  static std::string tool_stdout(const Episode& e) {
-    for (const auto& m : e.messages)
-      if (m.value("role", "") == "tool") {
-        json r = json::parse(m["content"].get<std::string>(), nullptr, false);
-        return r.is_object() && r.contains("stdout") ? r["stdout"].get<std::string>() : r.dump();
-      }
-    return "";
-  }
-
-  static size_t count_lines(const std::string& text, const std::string& prefix) {
-    size_t n = 0;
-    for (size_t at = 0; at < text.size();) {
-      size_t nl = text.find('\n', at);
-      if (text.compare(at, prefix.size(), prefix) == 0) ++n;
-      if (nl == std::string::npos) break;
-      at = nl + 1;
-    }
-    return n;
   }
 };
 

@@ -18,10 +18,6 @@
 namespace shoal::tasks::programs {
 namespace {
 
-std::string var_name(Kind k) {
-  return k == Kind::list ? "xs" : k == Kind::text ? "s" : "n";
-}
-
 std::string substitute(std::string s, const std::string& key, const std::string& value) {
   for (size_t at = s.find(key); at != std::string::npos; at = s.find(key, at + value.size()))
     s.replace(at, key.size(), value);
@@ -58,6 +54,10 @@ std::string python_list(const std::vector<std::string>& items) {
 
 std::string kind_name(Kind kind) {
   return kind == Kind::list ? "list" : kind == Kind::text ? "str" : "int";
+}
+
+std::string param_name(Kind k) {
+  return k == Kind::list ? "xs" : k == Kind::text ? "s" : "n";
 }
 
 Value integer(int64_t i) {
@@ -190,8 +190,8 @@ std::vector<std::string> render_step(const Program& p, size_t step) {
   Kind in = p.input;
   for (size_t i = 0; i < step; ++i) in = find_op(p.steps[i].op).out;
   const Op& op = find_op(p.steps[step].op);
-  std::string code = substitute(op.python, "{in}", var_name(in));
-  code = substitute(code, "{out}", var_name(op.out));
+  std::string code = substitute(op.python, "{in}", param_name(in));
+  code = substitute(code, "{out}", param_name(op.out));
   code = substitute(code, "{k}", std::to_string(p.steps[step].k));
   std::vector<std::string> lines;
   size_t pos = 0;
@@ -205,10 +205,10 @@ std::vector<std::string> render_step(const Program& p, size_t step) {
 }
 
 std::string render(const Program& p) {
-  std::string s = "def f(" + var_name(p.input) + "):\n";
+  std::string s = "def f(" + param_name(p.input) + "):\n";
   for (size_t i = 0; i < p.steps.size(); ++i)
     for (const auto& line : render_step(p, i)) s += line + "\n";
-  return s + "    return " + var_name(output_kind(p)) + "\n";
+  return s + "    return " + param_name(output_kind(p)) + "\n";
 }
 
 std::vector<std::string> describe(const Program& p) {
@@ -234,6 +234,11 @@ std::vector<Program> one_step_programs() {
     if (takes_constant(op)) out.push_back({op.in, {{op.name, op.kmax + 1}}});
   }
   return out;
+}
+
+Kind random_kind(Rng& rng) {
+  double r = rng.real();
+  return r < 0.5 ? Kind::list : r < 0.8 ? Kind::text : Kind::integer;
 }
 
 std::vector<Value> random_inputs(Kind kind, int d, size_t n, Rng& rng) {
@@ -351,14 +356,9 @@ std::vector<Program> neighbours(const Program& p) {
 // ---- submissions and checks ----
 
 std::optional<std::string> submitted_code(const Episode& episode) {
-  const json& m = episode.messages;
-  if (!m.is_array() || m.empty()) return std::nullopt;
-  const json& last = m.back();
-  if (!last.is_object() || last.value("role", "") != "assistant") return std::nullopt;
-  if (last.contains("tool_calls") && last["tool_calls"].is_array() && !last["tool_calls"].empty())
-    return std::nullopt;
-  if (!last.contains("content") || !last["content"].is_string()) return std::nullopt;
-  const std::string& t = last["content"].get_ref<const std::string&>();
+  const std::string* final_text = final_message_text(episode);
+  if (!final_text) return std::nullopt;
+  const std::string& t = *final_text;
   std::optional<std::string> found;
   for (size_t open = t.find("```"); open != std::string::npos;) {
     size_t eol = t.find('\n', open);
@@ -389,6 +389,32 @@ std::string example_runner(const std::string& code, const std::vector<Value>& in
   return s;
 }
 
+std::string code_block(const std::string& code) {
+  return "```python\n" + trim(code) + "\n```";
+}
+
+std::vector<std::string> tool_stdouts(const Episode& episode) {
+  std::vector<std::string> out;
+  for (const auto& m : episode.messages)
+    if (m.value("role", "") == "tool") {
+      json r = json::parse(m["content"].get<std::string>(), nullptr, false);
+      out.push_back(r.is_object() && r.contains("stdout") ? r["stdout"].get<std::string>()
+                                                          : r.dump());
+    }
+  return out;
+}
+
+size_t count_lines(const std::string& text, const std::string& prefix) {
+  size_t n = 0;
+  for (size_t at = 0; at < text.size();) {
+    size_t nl = text.find('\n', at);
+    if (text.compare(at, prefix.size(), prefix) == 0) ++n;
+    if (nl == std::string::npos) break;
+    at = nl + 1;
+  }
+  return n;
+}
+
 json python_tool_schema() {
   return function_tool(
       "python",
@@ -410,6 +436,18 @@ json run_python_tool(sandbox::Client& client, const json& args) {
   if (reply.status != "ok") return {{"error", reply.error_kind + ": " + reply.error_message}};
   return {
       {"exit_code", reply.exit_code}, {"stdout", reply.stdout_text}, {"stderr", reply.stderr_text}};
+}
+
+std::unique_ptr<EnvState> open_python_tool(const std::string& family, sandbox::Client* client) {
+  SHOAL_CHECK(client, "family {} needs a sandbox client", family);
+  auto s = std::make_unique<PythonToolState>();
+  s->client = client;
+  return s;
+}
+
+json call_python_tool(EnvState* state, const std::string& name, const json& args) {
+  SHOAL_CHECK(name == "python", "unknown tool '{}'", name);
+  return run_python_tool(*static_cast<PythonToolState*>(state)->client, args);
 }
 
 json examples_json(const std::vector<Value>& inputs, const std::vector<Value>& outputs) {
@@ -516,6 +554,18 @@ Reward check_hidden_tests(sandbox::Client& client, const std::string& code,
   if (passed < std::ssize(inputs))
     return fail(fmt::format("{} of {} tests pass; {}", passed, inputs.size(), first_wrong), counts);
   return pass(fmt::format("all {} tests pass", inputs.size()), counts);
+}
+
+Reward check_submission(sandbox::Client& client, const Episode& episode, const json& shown,
+                        const json& hidden) {
+  auto code = submitted_code(episode);
+  if (!code) return fail("no ```python code block in the final message", {{"passed", 0}});
+  if (code->size() > kMaxSubmission)
+    return fail(fmt::format("the code is over {} characters", kMaxSubmission), {{"passed", 0}});
+  std::vector<Value> in, out;
+  examples_from_json(shown, in, out);
+  examples_from_json(hidden, in, out);
+  return check_hidden_tests(client, *code, in, out);
 }
 
 }  // namespace shoal::tasks::programs

@@ -2,10 +2,12 @@
 // of primitive steps over integers, strings and integer lists, evaluated exactly in C++ (the
 // generator's ground truth) and rendered as Python (what the model reads and writes), plus the
 // hidden-test check that runs submitted Python in the sandbox and compares its outputs with the
-// C++ ones. Not a family and not a Python interpreter: only these primitives are evaluated here.
+// C++ ones, and what both code families share (the python tool, the submission check, code
+// blocks). Not a family and not a Python interpreter: only these primitives are evaluated here.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <vector>
@@ -17,6 +19,7 @@ namespace shoal::tasks::programs {
 
 enum class Kind { integer, text, list };  // int, str, list of int
 std::string kind_name(Kind kind);         // "int", "str", "list"
+std::string param_name(Kind kind);        // f's parameter in rendered code: "n", "s", "xs"
 
 struct Value {
   Kind kind = Kind::integer;
@@ -72,6 +75,8 @@ std::vector<Program> one_step_programs();
 // nullopt after too many attempts.
 std::optional<Program> random_program(Kind input, int depth, const std::vector<Value>& inputs,
                                       Rng& rng);
+// The input kind of a code task: a list half the time, a string 30%, an integer 20% (one draw).
+Kind random_kind(Rng& rng);
 // `n` distinct random inputs of `kind` (bigger and with negatives as difficulty grows).
 std::vector<Value> random_inputs(Kind kind, int difficulty, size_t n, Rng& rng);
 // Inputs at the edges: empty list or string, zero, negatives, a single element, double spaces.
@@ -92,6 +97,13 @@ std::optional<std::string> submitted_code(const Episode& episode);
 // "MISMATCH f(<in>) returned <got>, expected <want>" (or the exception), for the python tool.
 std::string example_runner(const std::string& code, const std::vector<Value>& inputs,
                            const std::vector<Value>& expected);
+// The most characters a submission may have.
+inline constexpr size_t kMaxSubmission = 20000;
+// What the code families' check() does: the submission (submitted_code, at most kMaxSubmission
+// characters) run by check_hidden_tests on the `shown` and then the `hidden` examples (each as
+// examples_json makes them). No code block or an oversized one: 0 with the reason.
+Reward check_submission(sandbox::Client& client, const Episode& episode, const json& shown,
+                        const json& hidden);
 // Runs `code` on `inputs` in the sandbox (a fresh forked interpreter, the submission loaded as
 // module `solution`, each input deep-copied) and compares each output's typed form with
 // `expected`. Reward 1 only when every output matches. The expected outputs never enter the
@@ -99,6 +111,13 @@ std::string example_runner(const std::string& code, const std::vector<Value>& in
 // sandbox could not run the check (unreachable, overloaded, failed to start).
 Reward check_hidden_tests(sandbox::Client& client, const std::string& code,
                           const std::vector<Value>& inputs, const std::vector<Value>& expected);
+// ```python, the code, ```: how the code families' prompts and answers show code.
+std::string code_block(const std::string& code);
+// The stdout of each python tool message of the episode, in order (the whole result when it has
+// no stdout: an error).
+std::vector<std::string> tool_stdouts(const Episode& episode);
+// How many lines of `text` start with `prefix` (e.g. the example runner's "ok " lines).
+size_t count_lines(const std::string& text, const std::string& prefix);
 // The python tool for the code families: sandboxed, no session (each call starts fresh).
 json python_tool_schema();
 json run_python_tool(sandbox::Client& client, const json& args);
@@ -106,6 +125,10 @@ json run_python_tool(sandbox::Client& client, const json& args);
 struct PythonToolState : EnvState {
   sandbox::Client* client = nullptr;
 };
+// The code families' Family::open and Family::call_tool: a state holding the client (an Error
+// naming `family` without one), and the python tool as the only tool.
+std::unique_ptr<EnvState> open_python_tool(const std::string& family, sandbox::Client* client);
+json call_python_tool(EnvState* state, const std::string& name, const json& args);
 
 // Examples as a task stores them: [{"input": typed, "output": typed}, ...].
 json examples_json(const std::vector<Value>& inputs, const std::vector<Value>& outputs);

@@ -65,4 +65,46 @@ SynthReport synthesize(TaskStore& store, const SynthOptions& o) {
   return rep;
 }
 
+CheckReport check_family(const CheckOptions& o) {
+  const Family& family = find_family(o.family);
+  SHOAL_CHECK(o.difficulty >= kMinDifficulty && o.difficulty <= kMaxDifficulty,
+              "difficulty must be in [{}, {}], got {}", kMinDifficulty, kMaxDifficulty,
+              o.difficulty);
+  SHOAL_CHECK(o.seeds >= 1, "seeds must be at least 1, got {}", o.seeds);
+  SHOAL_CHECK(o.generate_only || !family.needs_sandbox() || o.sandbox, "family {} needs a sandbox",
+              family.name());
+  auto start = std::chrono::steady_clock::now();
+  CheckReport rep;
+  for (int i = 0; i < o.seeds; ++i) {
+    uint64_t seed = o.first_seed + static_cast<uint64_t>(i);
+    std::string stage = "generate", problem;
+    try {
+      Task t = family.generate(seed, o.difficulty);
+      if (!o.generate_only) {
+        stage = "demonstrate";
+        Episode demo = family.demonstrate(t, o.sandbox);
+        stage = "verify";
+        Reward good = family.verify(t, demo, o.sandbox);
+        if (!good.solved()) problem = "the demonstration fails its verifier: " + good.reason;
+        if (problem.empty()) {
+          stage = "perturb";
+          Episode bad = family.perturb(t, demo, seed, o.sandbox);
+          if (family.verify(t, bad, o.sandbox).solved())
+            problem = "the perturbation passes the verifier";
+        }
+      }
+    } catch (const Error& e) {
+      problem = "error: " + e.message();
+    } catch (const std::exception& e) {
+      problem = std::string("error: ") + e.what();
+    }
+    ++rep.tried;
+    if (problem.empty()) continue;
+    ++rep.failed;
+    if (rep.failures.size() < o.keep) rep.failures.push_back({seed, stage, problem});
+  }
+  rep.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  return rep;
+}
+
 }  // namespace shoal::tasks

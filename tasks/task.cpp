@@ -7,6 +7,7 @@
 #include "base/error.h"
 #include "sandbox/calculator.h"
 #include "sandbox/files.h"
+#include "sandbox/tools.h"
 
 namespace shoal::tasks {
 
@@ -166,15 +167,14 @@ json message(const std::string& role, const std::string& content) {
 
 json function_tool(const std::string& name, const std::string& description, json properties,
                    const std::vector<std::string>& required) {
-  return {{"type", "function"},
-          {"function",
-           {{"name", name},
-            {"description", description},
-            {"parameters",
-             {{"type", "object"},
-              {"properties", std::move(properties)},
-              {"required", required},
-              {"additionalProperties", false}}}}}};
+  return sandbox::function_schema(name, description, std::move(properties), required);
+}
+
+json call_calculator(const std::string& name, const json& args) {
+  SHOAL_CHECK(name == "calculator", "unknown tool '{}'", name);
+  SHOAL_CHECK(args.contains("expression") && args["expression"].is_string(),
+              "calculator needs a string argument 'expression'");
+  return sandbox::calculate(args["expression"].get<std::string>());
 }
 
 std::string trim(std::string_view s) {
@@ -205,15 +205,21 @@ std::string normalize_words(std::string_view s) {
   return out;
 }
 
-std::optional<std::string> final_answer(const Episode& episode) {
+const std::string* final_message_text(const Episode& episode) {
   const json& m = episode.messages;
-  if (!m.is_array() || m.empty()) return std::nullopt;
+  if (!m.is_array() || m.empty()) return nullptr;
   const json& last = m.back();
-  if (!last.is_object() || last.value("role", "") != "assistant") return std::nullopt;
+  if (!last.is_object() || last.value("role", "") != "assistant") return nullptr;
   if (last.contains("tool_calls") && last["tool_calls"].is_array() && !last["tool_calls"].empty())
-    return std::nullopt;
-  if (!last.contains("content") || !last["content"].is_string()) return std::nullopt;
-  const std::string& text = last["content"].get_ref<const std::string&>();
+    return nullptr;
+  if (!last.contains("content") || !last["content"].is_string()) return nullptr;
+  return &last["content"].get_ref<const std::string&>();
+}
+
+std::optional<std::string> final_answer(const Episode& episode) {
+  const std::string* final_text = final_message_text(episode);
+  if (!final_text) return std::nullopt;
+  const std::string& text = *final_text;
   std::optional<std::string> found;
   size_t pos = 0;
   while (pos <= text.size()) {

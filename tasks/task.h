@@ -149,6 +149,14 @@ json message(const std::string& role, const std::string& content);
 json function_tool(const std::string& name, const std::string& description, json properties,
                    const std::vector<std::string>& required);
 
+// The calculator tool of the families whose only tool it is (arithmetic, countdown): the sandbox
+// server's exact calculator, run in-process. Throws Error for another tool name or arguments
+// without a string 'expression'.
+json call_calculator(const std::string& name, const json& args);
+
+// The content of the episode's final message: the last message when it is an assistant message
+// without tool calls whose content is a string; null otherwise. Points into the episode.
+const std::string* final_message_text(const Episode& episode);
 // The final answer: the last message must be an assistant message without tool calls whose
 // content has a line "ANSWER: ..." (the last such line wins); nullopt otherwise.
 std::optional<std::string> final_answer(const Episode& episode);

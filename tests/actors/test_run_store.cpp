@@ -128,6 +128,68 @@ TEST_F(RunStoreTest, TruncateAfterDropsLaterStepsForResume) {
   s->write_step(st);
 }
 
+// The reads behind `shoal runs` and the report: per-stage step ranges and episode means, the
+// episodes of a stage's last step from best to worst, and one episode's summary.
+TEST_F(RunStoreTest, StageAggregatesAndEpisodeSummaries) {
+  {
+    auto s = RunStore::create(path_, "r1", json::object());
+    for (int64_t g = 1; g <= 3; ++g) {
+      StepRecord st;
+      st.gstep = g;
+      st.stage = g == 1 ? "sft" : "grpo";
+      st.stage_step = g == 1 ? 1 : g - 1;
+      st.metrics = {{"loss", 1.0}};
+      if (g > 1) st.episodes = {episode(g, 0), episode(g, 1), episode(g, 2)};
+      s->write_step(st);
+    }
+    EpisodeRecord e = episode(3, 4);
+    e.stage = "eval:arith@end";
+    e.status = "truncated";
+    e.invalid_tool_calls = 2;
+    s->write_episodes({e});
+  }
+  auto s = RunStore::open(path_, /*read_only=*/true);
+  EXPECT_EQ(s->meta_value("name"), "r1");
+  EXPECT_EQ(s->meta_value("no such key"), "");
+
+  auto steps = s->stage_steps();
+  ASSERT_EQ(steps.size(), 2u);
+  EXPECT_EQ(steps[0].stage, "sft");
+  EXPECT_EQ(steps[0].steps, 1);
+  EXPECT_EQ(steps[1].stage, "grpo");
+  EXPECT_EQ(steps[1].steps, 2);
+  EXPECT_EQ(steps[1].first_gstep, 2);
+  EXPECT_EQ(steps[1].last_gstep, 3);
+  EXPECT_LE(steps[0].first_time, steps[1].last_time);
+
+  auto eps = s->stage_episodes();
+  ASSERT_EQ(eps.size(), 2u);
+  EXPECT_EQ(eps[0].stage, "grpo");
+  EXPECT_EQ(eps[0].count, 6);
+  EXPECT_DOUBLE_EQ(eps[0].mean_reward, 1.0 / 3);  // rewards 0, 1, 0 per step
+  EXPECT_DOUBLE_EQ(eps[0].mean_tokens, 4);
+  EXPECT_EQ(eps[0].not_ok, 0);
+  EXPECT_EQ(eps[1].stage, "eval:arith@end");
+  EXPECT_EQ(eps[1].not_ok, 1);
+  EXPECT_EQ(eps[1].invalid_tool_calls, 2);
+
+  // Step 3's episodes (ids 4, 5, 6), the rewarded one first, then by id.
+  auto ids = s->last_step_episode_ids("grpo");
+  ASSERT_EQ(ids.size(), 3u);
+  EpisodeSummary best = s->episode_summary(ids[0]);
+  EXPECT_EQ(best.gstep, 3);
+  EXPECT_EQ(best.reward, 1);
+  EXPECT_EQ(best.task_id, "arith-1");
+  EXPECT_EQ(best.tokens, 4);
+  EXPECT_EQ(best.generated_tokens, 2);
+  EXPECT_EQ(best.messages[0]["content"], "ANSWER: 4");
+  EXPECT_EQ(best.components["correct"], 1);
+  EXPECT_LT(ids[1], ids[2]);
+  EXPECT_EQ(s->episode_summary(ids[1]).task_id, "arith-0");
+  EXPECT_TRUE(s->last_step_episode_ids("no such stage").empty());
+  EXPECT_THROW(s->episode_summary(9999), Error);
+}
+
 TEST_F(RunStoreTest, BadPathsAreClearErrors) {
   RunStore::create(path_, "r", json::object());
   EXPECT_THROW(RunStore::create(path_, "r", json::object()), Error);  // exists

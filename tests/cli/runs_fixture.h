@@ -1,10 +1,9 @@
 // A synthetic training run for the `shoal runs` tests, written through the RunStore API the way
 // the trainer writes one: an eval before, an SFT stage (4 steps), an eval, a GRPO stage (6 steps,
-// 4 episodes each with tool calls), an eval, checkpoints and events. Also runs the shoal binary.
-// Test support only.
+// 4 episodes each with tool calls), an eval, checkpoints and events. Also runs the shoal binary
+// (cli_runner.h). Test support only.
 #pragma once
 
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <cmath>
@@ -14,31 +13,12 @@
 #include <string>
 
 #include "actors/run_store.h"
+#include "tests/cli/cli_runner.h"
 
 namespace shoal::test {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
-
-struct ShoalResult {
-  int code = -1;
-  std::string out;
-};
-
-// Runs the shoal binary; stdout, plus stderr when `merge_stderr`.
-inline ShoalResult run_shoal(const std::string& args, bool merge_stderr = true) {
-  std::string cmd =
-      std::string(SHOAL_BINARY) + " " + args + (merge_stderr ? " 2>&1" : " 2>/dev/null");
-  ShoalResult r;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
 
 // What the synthetic run holds (the tests check the commands' outputs against these).
 struct SyntheticRun {

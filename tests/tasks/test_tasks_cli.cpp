@@ -13,33 +13,16 @@
 #include <sstream>
 #include <string>
 
+#include "tests/cli/cli_runner.h"
+
 namespace {
+
+using shoal::test::has;
+using shoal::test::run_shoal;
+using shoal::test::ShoalResult;
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
-
-struct Result {
-  int code = -1;
-  std::string out;
-};
-
-Result shoal(const std::string& args, bool merge_stderr = true) {
-  std::string cmd =
-      std::string(SHOAL_BINARY) + " " + args + (merge_stderr ? " 2>&1" : " 2>/dev/null");
-  Result r;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
-
-bool has(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
-}
 
 struct TempDir {
   fs::path dir;
@@ -52,7 +35,7 @@ struct TempDir {
 };
 
 TEST(TasksCli, FamiliesListsOneLinePerFamily) {
-  Result r = shoal("tasks families");
+  ShoalResult r = run_shoal("tasks families");
   ASSERT_EQ(r.code, 0) << r.out;
   for (const char* name : {"arithmetic", "function_calling", "countdown"})
     EXPECT_TRUE(has(r.out, name)) << r.out;
@@ -65,32 +48,54 @@ TEST(TasksCli, FamiliesListsOneLinePerFamily) {
 TEST(TasksCli, UsageErrorsExitTwo) {
   TempDir t;
   std::string store = " --store " + (t.dir / "s.sqlite").string();
-  Result r = shoal("tasks synth --family nosuch --count 3" + store);
+  ShoalResult r = run_shoal("tasks synth --family nosuch --count 3" + store);
   EXPECT_EQ(r.code, 2) << r.out;
   EXPECT_TRUE(has(r.out, "nosuch")) << r.out;
-  r = shoal("tasks synth --family arithmetic --count 0" + store);
+  r = run_shoal("tasks synth --family arithmetic --count 0" + store);
   EXPECT_EQ(r.code, 2) << r.out;
-  r = shoal("tasks synth --family arithmetic --count many" + store);
+  r = run_shoal("tasks synth --family arithmetic --count many" + store);
   EXPECT_EQ(r.code, 2) << r.out;
-  r = shoal("tasks synth --family arithmetic --count 3 --difficulty 7" + store);
+  r = run_shoal("tasks synth --family arithmetic --count 3 --difficulty 7" + store);
   EXPECT_EQ(r.code, 2) << r.out;
-  r = shoal("tasks synth --family arithmetic --count 3 --split test" + store);
+  r = run_shoal("tasks synth --family arithmetic --count 3 --split test" + store);
   EXPECT_EQ(r.code, 2) << r.out;
-  r = shoal("tasks export --with everything" + store);
+  r = run_shoal("tasks export --with everything" + store);
   EXPECT_EQ(r.code, 2) << r.out;
-  r = shoal("tasks");
+  r = run_shoal("tasks");
   EXPECT_EQ(r.code, 2) << r.out;
   EXPECT_FALSE(fs::exists(t.dir / "s.sqlite")) << "no store is created by a usage error";
 }
 
+// `tasks check`: one line per family and difficulty, a total, exit 0 when no seed fails; no store.
+TEST(TasksCli, CheckSweepsSeedsWithoutAStore) {
+  ShoalResult r = run_shoal(
+      "tasks check --family arithmetic --family api_world --difficulty 1 "
+      "--difficulty 3 --seeds 15 --from 100",
+      false);
+  EXPECT_EQ(r.code, 0) << r.out;
+  for (const char* line :
+       {"arithmetic         d1: seeds 100..114, 0 failed",
+        "arithmetic         d3: seeds 100..114, 0 failed",
+        "api_world          d1: seeds 100..114, 0 failed",
+        "api_world          d3: seeds 100..114, 0 failed", "0 of 60 seeds failed"})
+    EXPECT_TRUE(has(r.out, line)) << line << " in:\n" << r.out;
+  r = run_shoal("tasks check --family zebra --seeds 4 --generate-only", false);
+  EXPECT_EQ(r.code, 0) << r.out;
+  EXPECT_TRUE(has(r.out, "zebra              d5: seeds 0..3, 0 failed")) << r.out;
+  EXPECT_TRUE(has(r.out, "0 of 20 seeds failed to generate")) << r.out;
+  EXPECT_EQ(run_shoal("tasks check --family nosuch").code, 2);
+  EXPECT_EQ(run_shoal("tasks check --seeds 0").code, 2);
+  EXPECT_EQ(run_shoal("tasks check --difficulty 6").code, 2);
+}
+
 TEST(TasksCli, MissingOrCorruptStoreFailsWithOneMessage) {
   TempDir t;
-  Result r = shoal("tasks list --store " + (t.dir / "none.sqlite").string());
+  ShoalResult r = run_shoal("tasks list --store " + (t.dir / "none.sqlite").string());
   EXPECT_EQ(r.code, 1) << r.out;
   EXPECT_TRUE(has(r.out, "does not exist")) << r.out;
   std::ofstream(t.dir / "bad.sqlite")
       << "garbage garbage garbage garbage garbage garbage garbage garbage garbage";
-  r = shoal("tasks export --store " + (t.dir / "bad.sqlite").string());
+  r = run_shoal("tasks export --store " + (t.dir / "bad.sqlite").string());
   EXPECT_EQ(r.code, 1) << r.out;
   EXPECT_TRUE(has(r.out, "not a shoal task store")) << r.out;
 }
@@ -98,29 +103,29 @@ TEST(TasksCli, MissingOrCorruptStoreFailsWithOneMessage) {
 TEST(TasksCli, SynthListShowExport) {
   TempDir t;
   std::string store = " --store " + (t.dir / "tasks.sqlite").string();
-  Result r =
-      shoal("tasks synth --family countdown --count 12 --difficulty 3 --split train" + store);
+  ShoalResult r =
+      run_shoal("tasks synth --family countdown --count 12 --difficulty 3 --split train" + store);
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_TRUE(has(r.out, "synth countdown: 12/12")) << "progress: " << r.out;
   EXPECT_TRUE(has(r.out, "added 12 countdown tasks")) << r.out;
-  r = shoal("tasks synth --family arithmetic --count 5 --split eval" + store);
+  r = run_shoal("tasks synth --family arithmetic --count 5 --split eval" + store);
   ASSERT_EQ(r.code, 0) << r.out;
 
-  r = shoal("tasks list" + store);
+  r = run_shoal("tasks list" + store);
   ASSERT_EQ(r.code, 0) << r.out;
   EXPECT_TRUE(has(r.out, "countdown") && has(r.out, "arithmetic") && has(r.out, "eval")) << r.out;
-  r = shoal("tasks list --limit 0" + store);
+  r = run_shoal("tasks list --limit 0" + store);
   EXPECT_TRUE(has(r.out, "12 tasks") && has(r.out, "5 tasks")) << r.out;
 
-  r = shoal("tasks show 1" + store, false);
+  r = run_shoal("tasks show 1" + store, false);
   ASSERT_EQ(r.code, 0) << r.out;
   json shown = json::parse(r.out);
   EXPECT_EQ(shown["family"], "countdown");
   EXPECT_TRUE(shown.contains("demonstration") && shown.contains("rejected"));
-  EXPECT_EQ(shoal("tasks show 99" + store).code, 1);
+  EXPECT_EQ(run_shoal("tasks show 99" + store).code, 1);
 
   for (const char* with : {"none", "demos", "pairs"}) {
-    r = shoal(std::string("tasks export --family countdown --with ") + with + store, false);
+    r = run_shoal(std::string("tasks export --family countdown --with ") + with + store, false);
     ASSERT_EQ(r.code, 0) << r.out;
     std::istringstream lines(r.out);
     std::string line;
@@ -160,7 +165,7 @@ TEST(TasksCli, SynthListShowExport) {
     EXPECT_EQ(n, 12) << with;
   }
   fs::path out = t.dir / "eval.jsonl";
-  r = shoal("tasks export --split eval --with demos --out " + out.string() + store);
+  r = run_shoal("tasks export --split eval --with demos --out " + out.string() + store);
   ASSERT_EQ(r.code, 0) << r.out;
   std::ifstream f(out);
   int n = 0;
