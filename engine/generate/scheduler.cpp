@@ -5,6 +5,8 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cmath>
+#include <numeric>
 
 #include "base/error.h"
 
@@ -315,6 +317,21 @@ void Scheduler::accept_token(Group& g, Sample& s, const float* logits,
                                r.record_sampling_mask ? &t.sampling_mask : nullptr);
   t.id = id;
   t.logprob = lp;
+  if (r.top_logprobs >= 0) {
+    const int64_t vocab = model_.config().vocab_size;
+    double mx = *std::max_element(logits, logits + vocab), z = 0;
+    for (int64_t i = 0; i < vocab; ++i) z += std::exp(double(logits[i]) - mx);
+    const double lse = mx + std::log(z);
+    t.model_logprob = float(double(logits[id]) - lse);
+    int64_t k = std::min(r.top_logprobs, vocab);
+    std::vector<int32_t> order(static_cast<size_t>(vocab));
+    std::iota(order.begin(), order.end(), 0);
+    std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](int32_t a, int32_t b) {
+      return logits[a] > logits[b] || (logits[a] == logits[b] && a < b);
+    });
+    for (int64_t i = 0; i < k; ++i)
+      t.top_logprobs.emplace_back(order[size_t(i)], float(double(logits[order[size_t(i)]]) - lse));
+  }
   if (r.record_routing) t.experts = experts_of(routing, row);
   s.ids.push_back(id);
   g.handle->push(s.index, t);

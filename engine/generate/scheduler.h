@@ -43,6 +43,10 @@ struct TokenRecord {
   // record_routing: the experts chosen, in every MoE layer (layer order, K ids each), at the
   // position whose logits this token was sampled from.
   std::vector<int32_t> experts;
+  // GenerationRequest::top_logprobs >= 0: the token's log-prob under the model's own distribution
+  // (temperature 1, no truncation), and the top_logprobs most likely ids with theirs (descending).
+  float model_logprob = 0;
+  std::vector<std::pair<int32_t, float>> top_logprobs;
 };
 
 struct Completion {
@@ -65,6 +69,9 @@ struct GenerationRequest {
   std::vector<std::string> stop_strings;  // need SchedulerConfig::detokenize
   bool record_sampling_mask = false;
   bool record_routing = false;
+  // >= 0: record TokenRecord::model_logprob and the top_logprobs most likely ids (OpenAI-style
+  // log-probs, independent of temperature and truncation); -1: off.
+  int64_t top_logprobs = -1;
   // Called on the engine thread for every generated token of every sample (keep it short).
   std::function<void(int64_t sample, const TokenRecord&)> on_token;
   // Called once, on the engine thread (or in submit() for a request rejected at once), when every

@@ -345,5 +345,45 @@ TEST(Scheduler, BadRequestsFailAloneAndOthersFinish) {
   EXPECT_EQ(good->wait()[0].ids(), cases[1].want);
 }
 
+// top_logprobs: each token's log-prob under the model's own distribution and the most likely ids
+// equal a teacher-forced forward's log-softmax, whatever the sampling temperature.
+TEST(Scheduler, TopLogprobsAreTheModelsOwnDistribution) {
+  auto m = load_golden("tiny_v3");
+  auto cases = golden_cases("tiny_v3");
+  Scheduler s(*m);
+  GenerationRequest r;
+  r.prompt = cases[0].prompt;
+  r.sampling.temperature = 1.7f;
+  r.sampling.top_k = 5;
+  r.sampling.seed = 3;
+  r.sampling.max_tokens = 6;
+  r.top_logprobs = 4;
+  auto h = s.submit(r);
+  s.run_until_idle();
+  Completion c = h->wait()[0];
+  ASSERT_EQ(c.tokens.size(), 6u) << c.error;
+  std::vector<int32_t> seq = r.prompt;
+  for (auto& t : c.tokens) seq.push_back(t.id);
+  ForwardResult f = teacher_forced(*m, seq);
+  const int64_t V = m->config().vocab_size;
+  for (size_t i = 0; i < c.tokens.size(); ++i) {
+    const float* row = f.logits.data<float>() + (r.prompt.size() - 1 + i) * size_t(V);
+    double mx = *std::max_element(row, row + V), z = 0;
+    for (int64_t v = 0; v < V; ++v) z += std::exp(double(row[v]) - mx);
+    auto lp = [&](int32_t id) { return double(row[id]) - mx - std::log(z); };
+    const TokenRecord& t = c.tokens[i];
+    EXPECT_NEAR(t.model_logprob, lp(t.id), 1e-4);
+    ASSERT_EQ(t.top_logprobs.size(), 4u);
+    for (size_t k = 0; k < 4; ++k) {
+      EXPECT_NEAR(t.top_logprobs[k].second, lp(t.top_logprobs[k].first), 1e-4);
+      if (k > 0) {
+        EXPECT_GE(t.top_logprobs[k - 1].second, t.top_logprobs[k].second);
+      }
+    }
+    int32_t argmax = int32_t(std::max_element(row, row + V) - row);
+    EXPECT_EQ(t.top_logprobs[0].first, argmax);
+  }
+}
+
 }  // namespace
 }  // namespace shoal
