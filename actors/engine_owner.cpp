@@ -122,11 +122,10 @@ engine_actor spawn_engine_owner(caf::actor_system& sys, std::shared_ptr<Policy> 
   // tuple for argument-less spawns (undefined behaviour that UBSan stops at).
   auto init = [](OwnerPtr self, std::shared_ptr<Policy> policy) -> engine_actor::behavior_type {
     self->state.policy = policy;
-    self->attach_functor([self] {
-      // Dropping the handles breaks the scheduler-callback → actor references.
-      self->state.running.clear();
-      self->state.held.clear();
-    });
+    // No exit functor clears running/held: CAF 0.17 destroys the state (dropping the handles and
+    // promises) in on_exit, before attached functors run, so one touching the state would free it
+    // twice (seen when an interrupted `shoal eval` stopped the owner with generations in flight).
+    // The scheduler's completion callbacks hold only a weak reference to the actor.
     return {
         [self](generate_atom, std::vector<int32_t>& context,
                SamplingParams& sampling) -> caf::result<GenOutput> {
