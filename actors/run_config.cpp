@@ -50,6 +50,12 @@ StageSpec read_stage(const ConfigReader& r, std::map<std::string, int>& names) {
   s.reset_optimizer = r.boolean("reset_optimizer", true);
   s.tasks = read_task_sets(r, "tasks");
   s.jsonl = r.path_value("jsonl", "");
+  if (s.type == "sft") {
+    s.tool_free_demos = r.number("tool_free_demos", 0.0, 0.0, 1.0);
+    s.unformatted_demos = r.number("unformatted_demos", 0.0, 0.0, 1.0);
+    if (s.tool_free_demos + s.unformatted_demos > 1.0)
+      r.fail("unformatted_demos", "tool_free_demos + unformatted_demos must be at most 1");
+  }
   if (s.type == "dpo") {
     s.beta = r.number("beta", s.beta, 1e-6, 1e6);
     s.dpo_variant = r.choice("variant", {"sigmoid", "ipo"}, "sigmoid");
@@ -73,6 +79,9 @@ StageSpec read_stage(const ConfigReader& r, std::map<std::string, int>& names) {
     s.keep_sampling_mask = r.boolean("keep_sampling_mask", false);
     s.keep_routing = r.boolean("keep_routing", false);
     s.updates_per_step = r.integer("updates_per_step", 1, 1, 1000);
+    s.sampler = r.choice("sampler", {"uniform", "adaptive"}, s.sampler);
+    s.sampler_explore = r.number("sampler_explore", s.sampler_explore, 0.0, 1.0);
+    s.sampler_decay = r.number("sampler_decay", s.sampler_decay, 1e-6, 1.0 - 1e-6);
     if (s.tasks.empty()) r.fail("tasks", "a grpo stage needs task sets to sample prompts from");
   } else {
     if (s.tasks.empty() && s.jsonl.empty())
@@ -84,6 +93,27 @@ StageSpec read_stage(const ConfigReader& r, std::map<std::string, int>& names) {
 }
 
 }  // namespace
+
+EvalSuiteSpec read_eval_suite(const ConfigReader& e) {
+  EvalSuiteSpec s;
+  s.name = e.str("name");
+  s.tasks = read_task_sets(e, "tasks");
+  if (s.tasks.empty()) e.fail("tasks", "an eval suite needs task sets");
+  s.samples = e.integer("samples", 1, 1, 1024);
+  if (auto sm = e.optional_child("sampling")) s.sampling = read_sampling(*sm, s.sampling);
+  s.max_turns = e.integer("max_turns", 4, 1, 1000);
+  s.max_new_tokens = e.integer("max_new_tokens", 64, 1, 1 << 20);
+  return s;
+}
+
+EvalSuiteSpec load_eval_suite(const std::string& file) {
+  SHOAL_CHECK(std::filesystem::is_regular_file(file), "eval suite {}: no such file", file);
+  LoadedConfig loaded = load_config_file(file);
+  ConfigReader r(loaded);
+  EvalSuiteSpec s = read_eval_suite(r);
+  r.finish();
+  return s;
+}
 
 RunConfig parse_run_config(const LoadedConfig& loaded) {
   ConfigReader r(loaded);
@@ -117,6 +147,7 @@ RunConfig parse_run_config(const LoadedConfig& loaded) {
   if (auto tr = t.optional_child("train")) {
     c.train_tokenizer = true;
     c.tokenizer_vocab = tr->integer("vocab_size", 512, 270, 1 << 20);
+    c.tokenizer_split_digits = tr->boolean("split_digits", false);
   }
   if (c.train_tokenizer == !c.tokenizer_file.empty())
     t.fail("",
@@ -144,15 +175,7 @@ RunConfig parse_run_config(const LoadedConfig& loaded) {
       file = load_config_file(path);
       from_file.emplace(*file);
     }
-    const ConfigReader& e = from_file ? *from_file : entry;
-    EvalSuiteSpec s;
-    s.name = e.str("name");
-    s.tasks = read_task_sets(e, "tasks");
-    if (s.tasks.empty()) e.fail("tasks", "an eval suite needs task sets");
-    s.samples = e.integer("samples", 1, 1, 1024);
-    if (auto sm = e.optional_child("sampling")) s.sampling = read_sampling(*sm, s.sampling);
-    s.max_turns = e.integer("max_turns", 4, 1, 1000);
-    s.max_new_tokens = e.integer("max_new_tokens", 64, 1, 1 << 20);
+    EvalSuiteSpec s = read_eval_suite(from_file ? *from_file : entry);
     if (from_file) from_file->finish();
     c.evals.push_back(s);
   }

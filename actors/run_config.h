@@ -44,6 +44,12 @@ struct StageSpec {
   // a JSONL file (sft: {"messages": [...]} per line; dpo: {"prompt","chosen","rejected"}).
   std::vector<TaskSetSpec> tasks;
   std::string jsonl;
+  // sft: the fraction of task demonstrations given as their final answer alone (tool calls and
+  // their outputs left out), as from a teacher that solves those problems without tools.
+  double tool_free_demos = 0.0;
+  // sft: the fraction whose final message lacks its "ANSWER: ..." line, as from a teacher that
+  // does not follow the answer format (drawn after tool_free_demos; the two add up to <= 1).
+  double unformatted_demos = 0.0;
   // dpo
   double beta = 0.1;
   std::string dpo_variant = "sigmoid";
@@ -64,7 +70,12 @@ struct StageSpec {
   bool keep_sampling_mask = false;
   bool keep_routing = false;
   int64_t updates_per_step = 1;  // optimizer steps over one step's episodes
-  bool reset_optimizer = true;   // the stage starts with fresh AdamW moments
+  // Which prompts a step trains on: "uniform" (successive slices of a shuffled pool) or
+  // "adaptive" (tasks/sampler.h: favour the task sets whose recent groups were neither all
+  // solved nor all failed, with a share `sampler_explore` of uniform draws).
+  std::string sampler = "uniform";
+  double sampler_explore = 0.1, sampler_decay = 0.8;
+  bool reset_optimizer = true;  // the stage starts with fresh AdamW moments
 };
 
 struct EvalSuiteSpec {
@@ -87,6 +98,7 @@ struct RunConfig {
   std::string tokenizer_file;
   bool train_tokenizer = false;
   int64_t tokenizer_vocab = 512;
+  bool tokenizer_split_digits = false;  // train: one pre-token per digit (BpeTrainer)
   // Sandbox: an endpoint, or empty to start a local server with `sandbox_workers` workers.
   std::string sandbox_endpoint;
   int64_t sandbox_workers = 2;
@@ -104,6 +116,11 @@ struct RunConfig {
 
   nlohmann::json resolved;  // the config after extends/--set, as stored in runs/NAME/config.json
 };
+
+// An eval suite: an object with name, tasks, samples, sampling, max_turns, max_new_tokens (a
+// run config's eval entry, or a file under configs/eval/). Errors name the file and JSON path.
+EvalSuiteSpec read_eval_suite(const ConfigReader& reader);
+EvalSuiteSpec load_eval_suite(const std::string& file);
 
 // Reads and validates; `overrides` are --set assignments applied in order. Throws shoal::Error
 // naming the file, JSON path, expectation and finding.

@@ -2,8 +2,6 @@
 #include "actors/runner.h"
 
 #include <signal.h>
-#include <sys/prctl.h>
-#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -20,8 +18,11 @@
 #include <thread>
 
 #include "actors/collector.h"
+#include "actors/demonstrations.h"
 #include "actors/engine_owner.h"
+#include "actors/eval.h"
 #include "actors/learner.h"
+#include "actors/local_sandbox.h"
 #include "actors/policy.h"
 #include "actors/reward_actor.h"
 #include "actors/run_config.h"
@@ -46,96 +47,6 @@ using nlohmann::json;
 using Clock = std::chrono::steady_clock;
 
 namespace {
-
-// ---- the local sandbox server: a `shoal sandboxd` child, restarted when it dies ----
-
-class SandboxProcess {
- public:
-  SandboxProcess(std::string exe, std::string endpoint, int64_t workers,
-                 std::function<void(const std::string&)> on_restart)
-      : exe_(std::move(exe)),
-        endpoint_(std::move(endpoint)),
-        workers_(workers),
-        on_restart_(std::move(on_restart)) {
-    start();
-    wait_ready();
-    watcher_ = std::thread([this] { watch(); });
-  }
-  ~SandboxProcess() {
-    {
-      std::lock_guard lock(mu_);
-      stopping_ = true;
-      if (pid_ > 0) kill(pid_, SIGTERM);
-    }
-    cv_.notify_all();
-    if (watcher_.joinable()) watcher_.join();
-  }
-  const std::string& endpoint() const { return endpoint_; }
-
- private:
-  void start() {
-    std::string workers = std::to_string(workers_);
-    pid_t pid = fork();
-    SHOAL_CHECK(pid >= 0, "cannot start the sandbox server: fork failed");
-    if (pid == 0) {
-      // Its own process group, so a terminal's Ctrl-C reaches the run first (it stops the server);
-      // and it goes when the run goes, even on kill -9.
-      setpgid(0, 0);
-      prctl(PR_SET_PDEATHSIG, SIGTERM);
-      if (getppid() == 1) _exit(1);  // the run died before prctl took effect
-      execl(exe_.c_str(), exe_.c_str(), "sandboxd", "--bind", endpoint_.c_str(), "--workers",
-            workers.c_str(), "--log-level", "warn", static_cast<char*>(nullptr));
-      _exit(127);
-    }
-    pid_ = pid;
-  }
-  void wait_ready() {
-    sandbox::ClientOptions o;
-    o.endpoint = endpoint_;
-    o.timeout_ms = 2000;
-    sandbox::Client c(o);
-    for (int i = 0; i < 30; ++i) {
-      sandbox::Reply r = c.admin("ping");
-      if (r.status == "ok") return;
-      int status = 0;
-      if (waitpid(pid_, &status, WNOHANG) == pid_) {
-        pid_ = -1;
-        SHOAL_FAIL(
-            "the sandbox server ({} sandboxd --bind {}) exited at start (status {}); run it by "
-            "hand to see why, or give sandbox.endpoint",
-            exe_, endpoint_, status);
-      }
-    }
-    SHOAL_FAIL("the sandbox server at {} did not answer a ping", endpoint_);
-  }
-  void watch() {
-    for (;;) {
-      int status = 0;
-      pid_t got = waitpid(pid_, &status, 0);
-      std::unique_lock lock(mu_);
-      if (stopping_) return;
-      if (got != pid_) continue;
-      on_restart_(fmt::format("the sandbox server (pid {}) exited (status {}); restarting it", pid_,
-                              status));
-      lock.unlock();
-      try {
-        start();
-      } catch (const std::exception& e) {
-        on_restart_(std::string("could not restart the sandbox server: ") + e.what());
-        return;
-      }
-    }
-  }
-
-  std::string exe_, endpoint_;
-  int64_t workers_;
-  std::function<void(const std::string&)> on_restart_;
-  std::mutex mu_;
-  std::condition_variable cv_;
-  bool stopping_ = false;
-  pid_t pid_ = -1;
-  std::thread watcher_;
-};
 
 // Run events from any thread: to the store writer once attached, else to the store directly.
 class EventSink {
@@ -198,23 +109,6 @@ std::vector<tasks::StoredTask> task_set(tasks::TaskStore& store, const TaskSetSp
   return store.list(q);
 }
 
-// The task as the run shows it: the config's system prompt prepended to (or replacing) the
-// task's own system message.
-std::string with_system_prompt(const tasks::Task& t, const RunConfig& cfg) {
-  json j = tasks::to_json(t);
-  if (!cfg.system_prompt.empty()) {
-    json& m = j["messages"];
-    bool has_system = !m.empty() && m[0].value("role", "") == "system";
-    if (has_system && cfg.replace_system_prompt)
-      m[0]["content"] = cfg.system_prompt;
-    else if (has_system)
-      m[0]["content"] = cfg.system_prompt + "\n\n" + m[0]["content"].get<std::string>();
-    else
-      m.insert(m.begin(), json{{"role", "system"}, {"content", cfg.system_prompt}});
-  }
-  return j.dump();
-}
-
 // The conversation a demonstration (or its perturbation) is: the prompt as rollouts see it
 // (tools listed in the system message), then the episode's messages.
 json conversation(const std::string& task_json, const tasks::Episode& ep, bool list_tools) {
@@ -244,11 +138,6 @@ void check_writable(const fs::path& dir) {
   }
   fs::remove(probe, ec);
 }
-
-struct EvalTask {
-  std::string id, task, family;
-  int64_t difficulty;
-};
 
 }  // namespace
 
@@ -308,17 +197,17 @@ TrainResult run_training(const TrainOptions& o) {
   auto events = std::make_shared<EventSink>(store);
 
   // ---- the sandbox ----
-  std::unique_ptr<SandboxProcess> sandbox_proc;
+  std::unique_ptr<LocalSandbox> sandbox_proc;
   std::string endpoint = cfg.sandbox_endpoint;
   if (endpoint.empty()) {
     SHOAL_CHECK(!o.shoal_exe.empty(), "no sandbox endpoint and no shoal binary to start one");
     endpoint = fmt::format("ipc:///tmp/shoal-run-{}-{}.sock", getpid(),
                            std::hash<std::string>{}(fs::absolute(dir).string()) % 1000000);
-    sandbox_proc = std::make_unique<SandboxProcess>(o.shoal_exe, endpoint, cfg.sandbox_workers,
-                                                    [&emit, events](const std::string& m) {
-                                                      emit({{"event", "warning"}, {"message", m}});
-                                                      events->record("sandbox_restart", m);
-                                                    });
+    sandbox_proc = std::make_unique<LocalSandbox>(o.shoal_exe, endpoint, cfg.sandbox_workers,
+                                                  [&emit, events](const std::string& m) {
+                                                    emit({{"event", "warning"}, {"message", m}});
+                                                    events->record("sandbox_restart", m);
+                                                  });
     info("sandbox server started at " + endpoint);
   }
   sandbox::ClientOptions sco;
@@ -335,20 +224,18 @@ TrainResult run_training(const TrainOptions& o) {
     }
   std::vector<std::vector<EvalTask>> eval_tasks(cfg.evals.size());
   for (size_t i = 0; i < cfg.evals.size(); ++i)
-    for (const TaskSetSpec& ts : cfg.evals[i].tasks)
-      for (const tasks::StoredTask& t : task_set(task_store, ts, "eval", sandbox_client.get(), o))
-        eval_tasks[i].push_back({std::to_string(t.id), with_system_prompt(t.task, cfg),
-                                 t.task.family, t.task.difficulty});
+    eval_tasks[i] = eval_suite_tasks(task_store, cfg.evals[i], sandbox_client.get(),
+                                     prompt_settings(cfg), info);
 
   // ---- the tokenizer ----
   std::string tokenizer_path = cfg.tokenizer_file;
   if (cfg.train_tokenizer) {
     tokenizer_path = (dir / "tokenizer.json").string();
     if (!fs::exists(tokenizer_path)) {
-      BpeTrainer trainer;
+      BpeTrainer trainer(cfg.tokenizer_split_digits);
       for (size_t i = 0; i < cfg.stages.size(); ++i)
         for (const tasks::StoredTask& t : stage_tasks[i]) {
-          std::string tj = with_system_prompt(t.task, cfg);
+          std::string tj = task_prompt(t.task, prompt_settings(cfg));
           tasks::Episode demo = t.demonstration.value_or(tasks::Episode{});
           trainer.add_text(render_chat(conversation(tj, demo, cfg.list_tools)));
         }
@@ -445,29 +332,9 @@ TrainResult run_training(const TrainOptions& o) {
     auto run_evals = [&](const std::string& label, int64_t gstep) {
       for (size_t si = 0; si < cfg.evals.size(); ++si) {
         const EvalSuiteSpec& suite = cfg.evals[si];
-        std::vector<EpisodeJob> jobs;
-        for (size_t ti = 0; ti < eval_tasks[si].size(); ++ti)
-          for (int64_t k = 0; k < suite.samples; ++k) {
-            const EvalTask& t = eval_tasks[si][ti];
-            EpisodeJob j;
-            j.task_id = t.id;
-            j.task = t.task;
-            j.stage = "eval:" + suite.name + "@" + label;
-            j.gstep = gstep;
-            j.group = static_cast<int64_t>(ti);
-            j.sample = k;
-            j.sampling.greedy = suite.sampling.greedy;
-            j.sampling.temperature = static_cast<float>(suite.sampling.temperature);
-            j.sampling.top_k = suite.sampling.top_k;
-            j.sampling.top_p = static_cast<float>(suite.sampling.top_p);
-            j.sampling.min_p = static_cast<float>(suite.sampling.min_p);
-            j.sampling.seed = episode_seed(cfg.seed ^ 0xe7a1ULL, gstep, j.group, k);
-            j.limits.max_turns = suite.max_turns;
-            j.limits.max_new_tokens = suite.max_new_tokens;
-            j.limits.max_episode_tokens = cfg.max_seq_len;
-            j.limits.list_tools = cfg.list_tools;
-            jobs.push_back(std::move(j));
-          }
+        std::vector<EpisodeJob> jobs =
+            eval_jobs(suite, eval_tasks[si], "eval:" + suite.name + "@" + label, gstep, cfg.seed,
+                      prompt_settings(cfg));
         emit({{"event", "info"},
               {"message",
                fmt::format("eval {} ({}): {} episodes", suite.name, label, jobs.size())}});
@@ -477,44 +344,9 @@ TrainResult run_training(const TrainOptions& o) {
             .receive([&](std::vector<EpisodeResult>& r) { got = std::move(r); },
                      [&](caf::error& e) { SHOAL_FAIL("eval {}: {}", suite.name, sys.render(e)); });
         double seconds = std::chrono::duration<double>(Clock::now() - t0).count();
-        // pass@1 per task (mean over its samples), then per family / difficulty.
-        std::map<std::string, std::pair<double, int64_t>> fam, diff;
-        double pass = 0, reward = 0, calls = 0, invalid = 0, tokens = 0, turns = 0;
+        json res = summarize_eval(got, eval_tasks[si], suite.samples, seconds);
         std::vector<EpisodeRecord> records;
-        for (EpisodeResult& r : got) {
-          double p = r.record.reward >= 1.0;
-          pass += p;
-          reward += r.record.reward;
-          calls += static_cast<double>(r.record.tool_calls);
-          invalid += static_cast<double>(r.record.invalid_tool_calls);
-          tokens += static_cast<double>(r.generated_tokens);
-          turns += static_cast<double>(r.record.turns);
-          auto& f = fam[r.record.family];
-          f.first += p;
-          ++f.second;
-          auto& d = diff[std::to_string(r.record.difficulty)];
-          d.first += p;
-          ++d.second;
-          records.push_back(std::move(r.record));
-        }
-        double n = std::max<double>(1.0, static_cast<double>(got.size()));
-        json res = {{"pass_rate", pass / n},
-                    {"mean_reward", reward / n},
-                    {"count", got.size()},
-                    {"tasks", eval_tasks[si].size()},
-                    {"samples", suite.samples},
-                    {"valid_tool_call_rate", calls > 0 ? 1.0 - invalid / calls : 1.0},
-                    {"tokens_per_episode", tokens / n},
-                    {"turns_per_episode", turns / n},
-                    {"seconds", seconds},
-                    {"families", json::object()},
-                    {"difficulties", json::object()}};
-        for (auto& [k, v] : fam)
-          res["families"][k] = {{"pass_rate", v.first / static_cast<double>(v.second)},
-                                {"count", v.second}};
-        for (auto& [k, v] : diff)
-          res["difficulties"][k] = {{"pass_rate", v.first / static_cast<double>(v.second)},
-                                    {"count", v.second}};
+        for (EpisodeResult& r : got) records.push_back(std::move(r.record));
         self->request(writer, caf::infinite, eval_atom::value, suite.name, label, gstep, res.dump(),
                       records)
             .receive([](bool) {},
@@ -556,17 +388,30 @@ TrainResult run_training(const TrainOptions& o) {
         ctx->list_tools = cfg.list_tools;
         if (spec.type == "grpo") {
           for (const tasks::StoredTask& t : stage_tasks[si])
-            ctx->pool.push_back({std::to_string(t.id), with_system_prompt(t.task, cfg)});
+            ctx->pool.push_back({std::to_string(t.id), task_prompt(t.task, prompt_settings(cfg)),
+                                 t.task.family, t.task.difficulty});
+          if (ck && si == first_stage && ck->state.contains("sampler"))
+            ctx->sampler_state = ck->state["sampler"];
         } else {
           // Demonstrations (sft) or [demonstration, perturbation] pairs (dpo), as samples.
           std::vector<std::vector<rl::Sample>> units;
           int64_t too_long = 0;
+          std::mt19937_64 pick(cfg.seed * 104729 + si);
+          std::uniform_real_distribution<double> unit(0.0, 1.0);
           for (const tasks::StoredTask& t : stage_tasks[si]) {
             if (!t.demonstration) continue;
-            std::string tj = with_system_prompt(t.task, cfg);
+            std::string tj = task_prompt(t.task, prompt_settings(cfg));
+            // An imperfect teacher's variants (sft only; one draw per demonstration).
+            tasks::Episode demo = *t.demonstration;
+            if (spec.type == "sft") {
+              double u = unit(pick);
+              if (u < spec.tool_free_demos)
+                demo = final_answer_only(demo);
+              else if (u < spec.tool_free_demos + spec.unformatted_demos)
+                demo = without_answer_line(demo);
+            }
             rl::Sample chosen = rl::sample_from_chat(
-                *tokenizer,
-                chat_messages_from_json(conversation(tj, *t.demonstration, cfg.list_tools)));
+                *tokenizer, chat_messages_from_json(conversation(tj, demo, cfg.list_tools)));
             if (static_cast<int64_t>(chosen.tokens.size()) > cfg.max_seq_len) {
               ++too_long;
               continue;

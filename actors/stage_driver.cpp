@@ -7,10 +7,12 @@
 #include <filesystem>
 #include <map>
 #include <numeric>
+#include <optional>
 #include <random>
 
 #include "base/error.h"
 #include "base/log.h"
+#include "tasks/sampler.h"
 
 namespace shoal::actors {
 
@@ -76,6 +78,11 @@ struct DriverState {
   std::map<int64_t, double> rollout_seconds;
   Clock::time_point started = Clock::now();
   int64_t steps_done = 0;
+  // sampler "adaptive": the sampler, the pool's indices per bucket (its stats order) and the
+  // prompts drawn for steps launched but not yet trained.
+  std::optional<tasks::DifficultySampler> sampler;
+  std::vector<std::vector<size_t>> bucket_pool;
+  std::map<int64_t, std::vector<size_t>> drawn;
 };
 using State = std::shared_ptr<DriverState>;
 
@@ -90,9 +97,68 @@ void finish(caf::event_based_actor* self, const State& s, bool ok, const std::st
 
 json resume_state(const State& s, int64_t stage_step) {
   const StageContext& c = *s->ctx;
-  return {{"stage_index", c.stage_index}, {"stage", c.spec.name},
-          {"stage_step", stage_step},     {"gstep", c.gstep0 + stage_step},
-          {"weight_version", s->version}, {"seed", c.seed}};
+  json st = {{"stage_index", c.stage_index}, {"stage", c.spec.name},
+             {"stage_step", stage_step},     {"gstep", c.gstep0 + stage_step},
+             {"weight_version", s->version}, {"seed", c.seed}};
+  if (s->sampler) {
+    json drawn = json::object();
+    for (const auto& [step, picks] : s->drawn)
+      if (step >= stage_step) drawn[std::to_string(step)] = picks;
+    st["sampler"] = {{"state", s->sampler->to_json()}, {"drawn", drawn}};
+  }
+  return st;
+}
+
+// The adaptive sampler over the stage's (family, difficulty) buckets, restored from a resumed
+// checkpoint's state when there is one.
+void init_sampler(const State& s) {
+  const StageContext& c = *s->ctx;
+  std::vector<tasks::Bucket> buckets;
+  for (size_t i = 0; i < c.pool.size(); ++i) {
+    tasks::Bucket b{c.pool[i].family, c.pool[i].difficulty};
+    auto it = std::find(buckets.begin(), buckets.end(), b);
+    if (it == buckets.end()) {
+      buckets.push_back(b);
+      s->bucket_pool.emplace_back();
+      it = buckets.end() - 1;
+    }
+    s->bucket_pool[static_cast<size_t>(it - buckets.begin())].push_back(i);
+  }
+  SHOAL_CHECK(!buckets.empty(), "a grpo stage has no tasks to sample prompts from");
+  if (c.sampler_state.is_object()) {
+    s->sampler = tasks::DifficultySampler::from_json(c.sampler_state.at("state"));
+    SHOAL_CHECK(s->sampler->stats().size() == buckets.size(),
+                "the checkpoint's sampler has {} task sets, the stage {}",
+                s->sampler->stats().size(), buckets.size());
+    for (size_t i = 0; i < buckets.size(); ++i)
+      SHOAL_CHECK(s->sampler->stats()[i].bucket == buckets[i],
+                  "the checkpoint's sampler does not match the stage's task sets");
+    for (const auto& [step, picks] : c.sampler_state.at("drawn").items())
+      s->drawn[std::stoll(step)] = picks.get<std::vector<size_t>>();
+  } else {
+    s->sampler.emplace(buckets, c.seed ^ 0x5a3f1e9dULL,
+                       tasks::SamplerOptions{c.spec.sampler_decay, c.spec.sampler_explore});
+  }
+}
+
+// The pool indices of a step's prompts. Adaptive draws happen when the step is launched (with
+// staleness k: after step − k − 1 has trained and recorded its groups), so they depend only on
+// the seed and the results before, whatever the timing.
+std::vector<size_t> prompts_for(const State& s, int64_t step) {
+  const StageContext& c = *s->ctx;
+  if (!s->sampler) return step_prompts(c.pool.size(), step, c.spec.prompts_per_step, c.seed);
+  if (auto it = s->drawn.find(step); it != s->drawn.end()) return it->second;
+  std::vector<size_t> out;
+  for (int64_t g = 0; g < c.spec.prompts_per_step; ++g) {
+    tasks::DifficultySampler::Draw d = s->sampler->next();
+    const std::vector<size_t>& members = s->bucket_pool[d.index];
+    // The bucket's d.seed-th draw: successive tasks of a per-epoch shuffle of its members.
+    size_t k = step_prompts(members.size(), static_cast<int64_t>(d.seed), 1,
+                            c.seed ^ (0x9e37ULL * (d.index + 1)))[0];
+    out.push_back(members[k]);
+  }
+  s->drawn[step] = out;
+  return out;
 }
 
 // Removes all but the newest `keep` checkpoint directories.
@@ -280,7 +346,7 @@ std::vector<EpisodeJob> make_jobs(const State& s, int64_t step) {
   const StageContext& c = *s->ctx;
   const StageSpec& sp = c.spec;
   std::vector<EpisodeJob> jobs;
-  std::vector<size_t> picks = step_prompts(c.pool.size(), step, sp.prompts_per_step, c.seed);
+  std::vector<size_t> picks = prompts_for(s, step);
   int64_t gstep = c.gstep0 + step + 1;
   for (size_t g = 0; g < picks.size(); ++g)
     for (int64_t k = 0; k < sp.group_size; ++k) {
@@ -344,6 +410,21 @@ void train_grpo(caf::event_based_actor* self, const State& s, int64_t step) {
   }
   m["stale_dropped"] = static_cast<double>(stale);
   m["version_lag"] = static_cast<double>(lag);
+  if (s->sampler) {
+    // Each group's rewards go to its task set's statistics, in step order.
+    const std::vector<size_t>& picks = s->drawn.at(step);
+    std::map<int64_t, std::vector<double>> groups;
+    for (const EpisodeResult& r : results) groups[r.record.group].push_back(r.record.reward);
+    for (const auto& [g, rewards] : groups) {
+      const TaskRef& t = c.pool[picks.at(static_cast<size_t>(g))];
+      s->sampler->record({t.family, t.difficulty}, rewards);
+    }
+    s->drawn.erase(step);
+    const auto& stats = s->sampler->stats();
+    std::vector<double> p = s->sampler->probabilities();
+    for (size_t i = 0; i < stats.size() && stats.size() > 1; ++i)
+      m[fmt::format("sampler_p_{}_d{}", stats[i].bucket.family, stats[i].bucket.difficulty)] = p[i];
+  }
   b.lr = stage_lr(c.spec, step);
   b.updates = c.spec.updates_per_step;
   b.options = json{{"advantage", c.spec.advantage},     {"filter_equal", c.spec.filter_equal},
@@ -398,6 +479,7 @@ caf::behavior stage_driver(caf::event_based_actor* self, std::shared_ptr<const S
   s->a = std::move(actors);
   s->next_launch = s->next_train = s->ctx->start_step;
   s->version = s->ctx->weight_version;
+  if (s->ctx->spec.type == "grpo" && s->ctx->spec.sampler == "adaptive") init_sampler(s);
   SHOAL_CHECK(s->ctx->spec.type == "grpo" || !s->ctx->batches.empty(),
               "stage {} has no training data", s->ctx->spec.name);
   return {

@@ -21,6 +21,8 @@ namespace shoal::actors {
 struct TaskRef {
   std::string id;    // the task store's id
   std::string task;  // tasks::Task as JSON text (system prompt already applied)
+  std::string family;
+  int difficulty = 1;
 };
 
 struct StageContext {
@@ -39,6 +41,9 @@ struct StageContext {
   std::vector<std::vector<rl::Sample>> batches;
   // grpo
   std::vector<TaskRef> pool;
+  // The adaptive sampler's state and the prompts of steps launched but not trained, from the
+  // checkpoint resumed (null: a fresh stage).
+  nlohmann::json sampler_state;
 };
 
 struct StageActors {

@@ -19,5 +19,8 @@ Run add_tool(CLI::App& app);
 Run add_tasks(CLI::App& app);
 Run add_runs(CLI::App& app);
 Run add_train(CLI::App& app);
+Run add_serve(CLI::App& app);
+Run add_eval(CLI::App& app);
+Run add_chat(CLI::App& app);
 
 }  // namespace shoal::cli

@@ -38,12 +38,18 @@ int main(int argc, char** argv) {
       shoal::cli::add_sandboxd);
   add("tool", "List the sandbox tools, or run one call (locally or on --endpoint)",
       shoal::cli::add_tool);
-  add("tasks", "Task families and the task store: families, synth, list, show, export",
+  add("tasks", "Task families and the task store: families, synth, check, list, show, export",
       shoal::cli::add_tasks);
   add("train", "Run a pipeline of SFT, DPO and GRPO stages from a config (or --resume runs/NAME)",
       shoal::cli::add_train);
   add("runs", "Training runs: list, show, export (JSON lines), report (HTML)",
       shoal::cli::add_runs);
+  add("eval", "Evaluate a checkpoint on an eval suite (pass@k, per family; --baseline compares)",
+      shoal::cli::add_eval);
+  add("chat", "Chat with a checkpoint in the terminal, its tool calls run in a sandbox",
+      shoal::cli::add_chat);
+  add("serve", "Serve a checkpoint over an OpenAI-compatible HTTP API (chat completions)",
+      shoal::cli::add_serve);
   // CLI11 reports an unknown first word only as "a subcommand is required": say what was wrong.
   if (argc > 1 && argv[1][0] != '-') {
     bool known = false;

@@ -18,6 +18,7 @@ Run add_train_tokenizer(CLI::App& app) {
     std::string out;
     int32_t vocab_size = 0;
     int64_t min_frequency = 2;
+    bool split_digits = false;
   };
   auto o = std::make_shared<Opts>();
   app.add_option("--input", o->inputs, "training text files (any number)")
@@ -31,9 +32,11 @@ Run add_train_tokenizer(CLI::App& app) {
   app.add_option("--min-frequency", o->min_frequency, "merge a pair only if it occurs this often")
       ->check(CLI::PositiveNumber)
       ->capture_default_str();
+  app.add_flag("--split-digits", o->split_digits,
+               "one pre-token per digit (\\p{N} instead of DeepSeek-V3's \\p{N}{1,3})");
   return [o]() {
     const auto start = std::chrono::steady_clock::now();
-    BpeTrainer trainer;
+    BpeTrainer trainer(o->split_digits);
     for (const std::string& path : o->inputs) trainer.add_file(path);
     const nlohmann::json doc = trainer.train({o->vocab_size, o->min_frequency});
     write_json_atomic(doc, o->out);

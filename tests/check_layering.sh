@@ -12,12 +12,13 @@ check() {  # check DIR FORBIDDEN_PREFIX...
     fi
   done
 }
-check base kernels engine rl tasks sandbox actors cli
-check kernels engine rl tasks sandbox actors cli
-check engine rl tasks sandbox actors cli
-check rl tasks sandbox actors cli
-check sandbox engine rl tasks actors cli kernels
-check tasks engine rl actors cli kernels
-check actors cli
+check base kernels engine rl tasks sandbox actors serve cli
+check kernels engine rl tasks sandbox actors serve cli
+check engine rl tasks sandbox actors serve cli
+check rl tasks sandbox actors serve cli
+check sandbox engine rl tasks actors serve cli kernels
+check tasks engine rl actors serve cli kernels
+check actors serve cli
+check serve cli
 [[ $status == 0 ]] && echo "layering: ok"
 exit $status

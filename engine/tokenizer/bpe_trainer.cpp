@@ -77,9 +77,19 @@ json deepseek_v3_decoder_json() {
   return json::parse(kDecoderJson);
 }
 
-BpeTrainer::BpeTrainer()
-    : pre_tokenizer_(
-          std::make_unique<PreTokenizer>(deepseek_v3_split_rules(), "DeepSeek-V3 split rules")) {}
+namespace {
+std::vector<SplitRule> trainer_rules(bool split_digits) {
+  std::vector<SplitRule> rules = deepseek_v3_split_rules();
+  if (split_digits) rules[0].pattern = R"(\p{N})";
+  return rules;
+}
+}  // namespace
+
+BpeTrainer::BpeTrainer(bool split_digits)
+    : pre_tokenizer_(std::make_unique<PreTokenizer>(
+          trainer_rules(split_digits),
+          split_digits ? "DeepSeek-V3 split rules, digits split" : "DeepSeek-V3 split rules")),
+      split_digits_(split_digits) {}
 BpeTrainer::~BpeTrainer() = default;
 
 void BpeTrainer::add_text(std::string_view text) {
@@ -247,6 +257,7 @@ json BpeTrainer::train(const BpeTrainOptions& options) const {
   doc["added_tokens"] = std::move(added);
   doc["normalizer"] = {{"type", "Sequence"}, {"normalizers", json::array()}};
   doc["pre_tokenizer"] = deepseek_v3_pre_tokenizer_json();
+  if (split_digits_) doc["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] = "\\p{N}";
   doc["post_processor"] = json::parse(kPostProcessorJson);
   doc["decoder"] = deepseek_v3_decoder_json();
   doc["model"] = {{"type", "BPE"},

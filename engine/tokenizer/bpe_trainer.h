@@ -32,7 +32,11 @@ struct BpeTrainOptions {
 
 class BpeTrainer {
  public:
-  BpeTrainer();
+  // split_digits: every digit is its own pre-token (the written pre_tokenizer then splits with
+  // \p{N} instead of DeepSeek-V3's \p{N}{1,3}), so numbers are spelled digit by digit and no
+  // vocabulary goes to multi-digit numbers: a tiny model learns to copy and compare numbers far
+  // sooner. Otherwise DeepSeek-V3's rules, exactly.
+  explicit BpeTrainer(bool split_digits = false);
   ~BpeTrainer();
 
   // Counts the pre-tokenized words of `text` (any bytes; the chat markers in it are cut out as
@@ -51,7 +55,8 @@ class BpeTrainer {
   static constexpr int32_t kMinVocabSize = 270;
 
  private:
-  std::unique_ptr<PreTokenizer> pre_tokenizer_;     // DeepSeek-V3's rules
+  std::unique_ptr<PreTokenizer> pre_tokenizer_;  // DeepSeek-V3's rules
+  bool split_digits_ = false;
   std::unordered_map<std::string, int64_t> words_;  // pre-tokenized piece -> count
   int64_t total_words_ = 0;
 };

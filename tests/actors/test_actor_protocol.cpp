@@ -112,6 +112,7 @@ struct RewardScript {
   std::map<std::string, int> seen;
   bool fail_first = false;
   std::string always_fail_task;
+  std::string always_pass_task;  // tasks whose JSON contains this are always solved
 };
 
 reward_actor::behavior_type fake_reward(reward_actor::pointer, std::shared_ptr<RewardScript> s) {
@@ -124,6 +125,8 @@ reward_actor::behavior_type fake_reward(reward_actor::pointer, std::shared_ptr<R
           return caf::make_error(caf::sec::runtime_error, std::string("scripted reward failure"));
         RewardMsg m;
         m.value = r.messages.find("ANSWER: 1") != std::string::npos ? 1.0 : 0.0;
+        if (!s->always_pass_task.empty() && r.task.find(s->always_pass_task) != std::string::npos)
+          m.value = 1.0;
         return m;
       },
   };
@@ -211,8 +214,29 @@ class ActorProtocol : public ::testing::Test {
     c->checkpoint_every = 0;
     const tasks::Family& f = tasks::find_family("arithmetic");
     for (uint64_t seed = 1; seed <= 4; ++seed)
-      c->pool.push_back({"task-" + std::to_string(seed), to_json(f.generate(seed, 1)).dump()});
+      c->pool.push_back(
+          {"task-" + std::to_string(seed), to_json(f.generate(seed, 1)).dump(), "arithmetic", 1});
     return c;
+  }
+
+  // The same with the adaptive sampler and 4 countdown tasks more, `prompts` × 4 episodes a step.
+  std::shared_ptr<StageContext> adaptive_stage(int64_t steps, int64_t prompts, int64_t staleness) {
+    auto c = grpo_stage(steps, prompts, 4, staleness);
+    c->spec.sampler = "adaptive";
+    c->spec.sampler_decay = 0.5;
+    c->spec.sampler_explore = 0.1;
+    const tasks::Family& f = tasks::find_family("countdown");
+    for (uint64_t seed = 1; seed <= 4; ++seed)
+      c->pool.push_back({"countdown-" + std::to_string(seed), to_json(f.generate(seed, 1)).dump(),
+                         "countdown", 1});
+    return c;
+  }
+
+  // gstep -> group -> the group's task id, from the store.
+  std::map<int64_t, std::map<int64_t, std::string>> prompts_by_step() {
+    std::map<int64_t, std::map<int64_t, std::string>> out;
+    for (const EpisodeRecord& e : store->episodes()) out[e.gstep][e.group] = e.task_id;
+    return out;
   }
 
   // Lets the oldest held training step finish (the weights move on one version).
@@ -362,6 +386,64 @@ TEST_F(ActorProtocol, AFailedRolloutIsRetriedThenRecordedAsDropped) {
   int kept = 0;
   for (uint8_t k : r.keep) kept += k;
   EXPECT_LE(kept, 6);
+}
+
+TEST_F(ActorProtocol, TheAdaptiveSamplerFavoursTaskSetsWithALearningSignal) {
+  // Countdown groups are always all solved (no signal); arithmetic groups are mixed (the scripted
+  // engine answers right for odd sampling seeds).
+  reward_script->always_pass_task = "\"family\":\"countdown\"";
+  start(adaptive_stage(12, 4, 0));
+  ASSERT_TRUE(heard->done);
+  EXPECT_TRUE(heard->ok) << heard->text;
+  int early_countdown = 0, late_arithmetic = 0, late = 0;
+  for (const auto& [gstep, groups] : prompts_by_step())
+    for (const auto& [g, id] : groups) {
+      bool countdown = id.rfind("countdown-", 0) == 0;
+      if (gstep <= 2) early_countdown += countdown;
+      if (gstep > 6) {
+        ++late;
+        late_arithmetic += !countdown;
+      }
+    }
+  EXPECT_GT(early_countdown, 0) << "both task sets are tried at first";
+  EXPECT_EQ(late, 24);
+  EXPECT_GE(late_arithmetic, 20) << "later steps favour the task set with a signal";
+  double p_countdown = -1;
+  for (const auto& m : store->metrics())
+    if (m.gstep == 12 && m.name == "sampler_p_countdown_d1") p_countdown = m.value;
+  EXPECT_GE(p_countdown, 0.05);  // the explore share: never starved
+  EXPECT_LT(p_countdown, 0.15);
+}
+
+TEST_F(ActorProtocol, AResumedStageDrawsTheSamePromptsAsAnUninterruptedOne) {
+  reward_script->always_pass_task = "\"family\":\"countdown\"";
+  start(adaptive_stage(6, 3, 1));
+  ASSERT_TRUE(heard->ok) << heard->text;
+  auto uninterrupted = prompts_by_step();
+  ASSERT_EQ(uninterrupted.size(), 6u);
+  // The resume state written with step 3: the sampler and the prompts of step 4, already drawn
+  // (staleness 1 launched its rollouts while step 3 trained).
+  json state;
+  {
+    auto q = store->db().prepare("SELECT state FROM steps WHERE gstep = 3");
+    ASSERT_TRUE(q.step());
+    state = json::parse(q.text(0));
+  }
+  ASSERT_TRUE(state.contains("sampler")) << state.dump();
+  EXPECT_FALSE(state["sampler"]["drawn"].empty()) << state.dump();
+
+  store = RunStore::create((dir / "resumed.sqlite").string(), "t", json::object());
+  heard = std::make_shared<Listener>();
+  reward_script->seen.clear();
+  auto ctx = adaptive_stage(6, 3, 1);
+  ctx->start_step = 3;
+  ctx->weight_version = state["weight_version"].get<int64_t>();
+  ctx->sampler_state = state["sampler"];
+  start(ctx);
+  ASSERT_TRUE(heard->ok) << heard->text;
+  auto resumed = prompts_by_step();
+  ASSERT_EQ(resumed.size(), 3u);
+  for (int64_t g = 4; g <= 6; ++g) EXPECT_EQ(resumed[g], uninterrupted[g]) << "step " << g;
 }
 
 TEST_F(ActorProtocol, AToolThatNeverAnswersBecomesAnErrorTheModelReads) {

@@ -116,6 +116,31 @@ TEST_F(RunConfigTest, OverridesApplyBeforeValidation) {
             std::string::npos);
 }
 
+TEST_F(RunConfigTest, DemonstrationVariantsAndTheSamplerAreStageOptions) {
+  std::string f = write("run.json", kPipeline);
+  RunConfig c = load_run_config(f);
+  EXPECT_EQ(c.stages[0].tool_free_demos, 0.0);
+  EXPECT_EQ(c.stages[0].unformatted_demos, 0.0);
+  EXPECT_EQ(c.stages[1].sampler, "uniform");
+  c = load_run_config(f, {"stages.0.unformatted_demos=0.5", "stages.0.tool_free_demos=0.25",
+                          "stages.1.sampler=\"adaptive\"", "stages.1.sampler_explore=0.2"});
+  EXPECT_DOUBLE_EQ(c.stages[0].unformatted_demos, 0.5);
+  EXPECT_DOUBLE_EQ(c.stages[0].tool_free_demos, 0.25);
+  EXPECT_EQ(c.stages[1].sampler, "adaptive");
+  EXPECT_DOUBLE_EQ(c.stages[1].sampler_explore, 0.2);
+  EXPECT_DOUBLE_EQ(c.stages[1].sampler_decay, 0.8);
+  std::string e = error_of(f, {"stages.0.unformatted_demos=0.7", "stages.0.tool_free_demos=0.5"});
+  EXPECT_NE(e.find("stages[0].unformatted_demos: tool_free_demos + unformatted_demos must be at "
+                   "most 1"),
+            std::string::npos)
+      << e;
+  // Demonstration variants are sft options; the sampler is a grpo option.
+  EXPECT_NE(error_of(f, {"stages.1.unformatted_demos=0.5"}).find("unknown key"), std::string::npos);
+  EXPECT_NE(error_of(f, {"stages.0.sampler=\"adaptive\""}).find("unknown key"), std::string::npos);
+  EXPECT_NE(error_of(f, {"stages.1.sampler=\"greedy\""}).find("expected one of uniform, adaptive"),
+            std::string::npos);
+}
+
 TEST_F(RunConfigTest, MistakesNameFilePathAndWhatWasFound) {
   std::string base = write("base.json", kPipeline);
   auto expect_error = [&](const std::string& text, const std::string& needle) {

@@ -21,33 +21,16 @@
 #include <thread>
 
 #include "actors/run_store.h"
+#include "tests/cli/cli_runner.h"
 
 namespace {
 
+using shoal::test::has;
+using shoal::test::run_shoal;
+using shoal::test::ShoalResult;
+
 namespace fs = std::filesystem;
 using json = nlohmann::json;
-
-struct Result {
-  int code = -1;
-  std::string out;
-};
-
-Result shoal(const std::string& args) {
-  std::string cmd = std::string(SHOAL_BINARY) + " " + args + " 2>&1";
-  Result r;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
-
-bool has(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
-}
 
 const std::string kQuickstart = std::string(SHOAL_TEST_DATA) + "/../../configs/quickstart.json";
 
@@ -96,7 +79,8 @@ json fingerprint(const fs::path& run) {
 
 TEST(TrainCli, ShortQuickstartRunsEndToEnd) {
   TempDir t;
-  Result r = shoal("train " + short_run() + " --runs-dir " + t.dir.string() + " --name qs");
+  ShoalResult r =
+      run_shoal("train " + short_run() + " --runs-dir " + t.dir.string() + " --name qs");
   ASSERT_EQ(r.code, 0) << r.out;
   fs::path run = t.dir / "qs";
   for (const char* f :
@@ -141,7 +125,7 @@ TEST(TrainCli, ShortQuickstartRunsEndToEnd) {
   EXPECT_TRUE(fs::exists(run / "checkpoints" / "step_7" / "tokenizer.json"));
   EXPECT_FALSE(fs::exists(run / "checkpoints" / "step_2"));
 
-  Result show = shoal("runs show " + run.string());
+  ShoalResult show = run_shoal("runs show " + run.string());
   EXPECT_EQ(show.code, 0) << show.out;
   (void)calls;
 }
@@ -151,7 +135,8 @@ TEST(TrainCli, ResumeAfterKillMatchesAnUninterruptedRun) {
   // Longer than the other tests' run, so that kills land in every phase.
   std::string longer = short_run("--no-report --set stages.0.steps=12 --set stages.1.steps=6");
   auto t0 = std::chrono::steady_clock::now();
-  Result a = shoal("train " + longer + " --runs-dir " + t.dir.string() + " --name straight");
+  ShoalResult a =
+      run_shoal("train " + longer + " --runs-dir " + t.dir.string() + " --name straight");
   ASSERT_EQ(a.code, 0) << a.out;
   int run_ms = static_cast<int>(
       std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - t0)
@@ -198,7 +183,7 @@ TEST(TrainCli, ResumeAfterKillMatchesAnUninterruptedRun) {
   if (fs::exists(t.dir / "killed" / "run.sqlite")) {
     auto store = shoal::actors::RunStore::open((t.dir / "killed" / "run.sqlite").string(), true);
     if (store->summary().value("status", "") != "finished") {
-      Result r = shoal("train --resume " + (t.dir / "killed").string() + " --no-report");
+      ShoalResult r = run_shoal("train --resume " + (t.dir / "killed").string() + " --no-report");
       ASSERT_EQ(r.code, 0) << r.out;
     }
   }
@@ -275,30 +260,30 @@ TEST(TrainCli, KilledSandboxServerIsRestartedAndTheRunFinishes) {
 TEST(TrainCli, BadConfigsAreClearErrors) {
   TempDir t;
   std::string runs = " --runs-dir " + t.dir.string();
-  Result r = shoal("train " + kQuickstart + " --set stages.0.stpes=3" + runs);
+  ShoalResult r = run_shoal("train " + kQuickstart + " --set stages.0.stpes=3" + runs);
   EXPECT_EQ(r.code, 1);
   EXPECT_TRUE(has(r.out, "stages[0].stpes: unknown key")) << r.out;
 
-  r = shoal("train " + kQuickstart + " --set seed='\"one\"'" + runs);
+  r = run_shoal("train " + kQuickstart + " --set seed='\"one\"'" + runs);
   EXPECT_EQ(r.code, 1);
   EXPECT_TRUE(has(r.out, "seed: expected an integer")) << r.out;
 
-  r = shoal("train " + (t.dir / "nope.json").string() + runs);
+  r = run_shoal("train " + (t.dir / "nope.json").string() + runs);
   EXPECT_EQ(r.code, 1);
   EXPECT_TRUE(has(r.out, "nope.json")) << r.out;
 
   // A run directory that cannot be made: a regular file stands where a directory must go.
   std::ofstream(t.dir / "file") << "x";
-  r = shoal("train " + kQuickstart + " --runs-dir " + (t.dir / "file").string() + " --name x");
+  r = run_shoal("train " + kQuickstart + " --runs-dir " + (t.dir / "file").string() + " --name x");
   EXPECT_EQ(r.code, 1);
   EXPECT_TRUE(has(r.out, "cannot create the run directory")) << r.out;
   EXPECT_FALSE(has(r.out, "synthesizing")) << "the error must come before any work";
 
-  r = shoal("train --resume " + (t.dir / "missing").string());
+  r = run_shoal("train --resume " + (t.dir / "missing").string());
   EXPECT_EQ(r.code, 1);
   EXPECT_TRUE(has(r.out, "is not a run directory")) << r.out;
 
-  r = shoal("train");
+  r = run_shoal("train");
   EXPECT_EQ(r.code, 1);
   EXPECT_TRUE(has(r.out, "give a config file")) << r.out;
 }

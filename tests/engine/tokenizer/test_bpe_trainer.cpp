@@ -2,7 +2,6 @@
 // text, respects the vocabulary size, has the markers at the documented ids, compresses, and is
 // written atomically.
 #include <gtest/gtest.h>
-#include <sys/wait.h>
 
 #include <cstdio>
 #include <filesystem>
@@ -13,6 +12,7 @@
 #include "engine/tokenizer/bpe_trainer.h"
 #include "engine/tokenizer/chat_format.h"
 #include "engine/tokenizer/tokenizer.h"
+#include "tests/cli/cli_runner.h"
 
 namespace shoal {
 namespace {
@@ -176,6 +176,38 @@ TEST(BpeTrainer, StopsEarlyOnATinyCorpusAndIsDeterministic) {
   EXPECT_EQ(tok.decode(tok.encode("ab cd ef")), "ab cd ef");
 }
 
+TEST(BpeTrainer, SplitDigitsSpellsNumbersDigitByDigit) {
+  BpeTrainer plain, split(/*split_digits=*/true);
+  const std::string text = corpus(1, 3000) + " 553 - 129 = 424. 771 + 107 = 878.";
+  plain.add_text(text);
+  split.add_text(text);
+  const std::string dir = temp_dir("digits");
+  const json plain_doc = plain.train({600, 2});
+  write_json_atomic(plain_doc, dir + "/plain.json");
+  const json doc = split.train({600, 2});
+  EXPECT_EQ(doc["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"], "\\p{N}");
+  write_json_atomic(doc, dir + "/split.json");
+  const Tokenizer p = Tokenizer::load(dir + "/plain.json");
+  const Tokenizer s = Tokenizer::load(dir + "/split.json");  // the written rules reload
+  // DeepSeek-V3's rules keep up to three digits together, so merges make multi-digit tokens;
+  // split digits give one token per digit and no multi-digit token exists.
+  EXPECT_EQ(s.encode("553").size(), 3u);
+  EXPECT_EQ(s.encode("1234567").size(), 7u);
+  EXPECT_LT(p.encode("553 771").size(), s.encode("553 771").size());
+  auto multi_digit_tokens = [](const json& d) {
+    int n = 0;
+    for (const auto& [token, id] : d["model"]["vocab"].items()) {
+      int digits = 0;
+      for (char c : token) digits += c >= '0' && c <= '9';
+      n += digits > 1;
+    }
+    return n;
+  };
+  EXPECT_GT(multi_digit_tokens(plain_doc), 0);
+  EXPECT_EQ(multi_digit_tokens(doc), 0);
+  EXPECT_EQ(s.decode(s.encode("The amount is 86856 now.")), "The amount is 86856 now.");
+}
+
 TEST(BpeTrainer, BadInputs) {
   BpeTrainer t;
   t.add_text("hello hello");
@@ -198,34 +230,25 @@ TEST(BpeTrainer, BadInputs) {
 }
 
 // `shoal train-tokenizer` end to end (here rather than in tests/cli: it is this module's command).
-std::pair<int, std::string> run_shoal(const std::string& args) {
-  FILE* p = popen((std::string(SHOAL_BINARY) + " " + args + " 2>&1").c_str(), "r");
-  if (!p) return {-1, ""};
-  std::string out;
-  char buf[4096];
-  for (size_t n; (n = fread(buf, 1, sizeof buf, p)) > 0;) out.append(buf, n);
-  const int status = pclose(p);
-  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, out};
-}
-
 TEST(BpeTrainer, Cli) {
   const std::string dir = temp_dir("cli");
   fs::create_directories(dir);
   std::ofstream(dir + "/a.txt") << corpus(3, 1000);
   std::ofstream(dir + "/b.txt") << corpus(4, 1000);
-  auto [code, out] = run_shoal("train-tokenizer --input " + dir + "/a.txt " + dir +
-                               "/b.txt --vocab-size 500 --out " + dir + "/tok/tokenizer.json");
-  ASSERT_EQ(code, 0) << out;
-  EXPECT_NE(out.find("500 ids"), std::string::npos) << out;
-  EXPECT_NE(out.find("bytes/token"), std::string::npos) << out;
+  test::ShoalResult r =
+      test::run_shoal("train-tokenizer --input " + dir + "/a.txt " + dir +
+                      "/b.txt --vocab-size 500 --out " + dir + "/tok/tokenizer.json");
+  ASSERT_EQ(r.code, 0) << r.out;
+  EXPECT_NE(r.out.find("500 ids"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("bytes/token"), std::string::npos) << r.out;
   EXPECT_EQ(Tokenizer::load(dir + "/tok/tokenizer.json").vocab_size(), 500);
-  std::tie(code, out) = run_shoal("train-tokenizer --input " + dir +
-                                  "/a.txt --vocab-size 100 --out " + dir + "/x.json");
-  EXPECT_EQ(code, 2) << out;  // below the minimum: a usage error
-  std::tie(code, out) = run_shoal("train-tokenizer --input " + dir +
-                                  "/a.txt --vocab-size 300 --out " + dir + "/a.txt/x.json");
-  EXPECT_EQ(code, 1) << out;
-  EXPECT_NE(out.find("shoal train-tokenizer: error:"), std::string::npos) << out;
+  r = test::run_shoal("train-tokenizer --input " + dir + "/a.txt --vocab-size 100 --out " + dir +
+                      "/x.json");
+  EXPECT_EQ(r.code, 2) << r.out;  // below the minimum: a usage error
+  r = test::run_shoal("train-tokenizer --input " + dir + "/a.txt --vocab-size 300 --out " + dir +
+                      "/a.txt/x.json");
+  EXPECT_EQ(r.code, 1) << r.out;
+  EXPECT_NE(r.out.find("shoal train-tokenizer: error:"), std::string::npos) << r.out;
   EXPECT_FALSE(fs::exists(dir + "/x.json"));
 }
 
