@@ -17,30 +17,9 @@
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "tests/cli/cli_runner.h"
+
 namespace shoal::test {
-
-struct CliResult {
-  int code = -1;
-  std::string out;
-};
-
-// Runs the shoal binary with `args` (shell words), stdout and stderr together.
-inline CliResult shoal_cli(const std::string& args) {
-  std::string cmd = std::string(SHOAL_BINARY) + " " + args + " 2>&1";
-  CliResult r;
-  FILE* p = popen(cmd.c_str(), "r");
-  if (!p) return r;
-  char buf[4096];
-  size_t n;
-  while ((n = fread(buf, 1, sizeof buf, p)) > 0) r.out.append(buf, n);
-  int status = pclose(p);
-  r.code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
-
-inline bool contains(const std::string& text, const std::string& part) {
-  return text.find(part) != std::string::npos;
-}
 
 struct TinyChatModel {
   std::filesystem::path root;    // everything lives under it
@@ -101,8 +80,8 @@ inline TinyChatModel make_tiny_chat_model() {
     f << laugh << "\n";
     corpus << laugh << "\n";
   }
-  CliResult tok = shoal_cli("train-tokenizer --input " + (m.root / "corpus.txt").string() +
-                            " --vocab-size 320 --out " + (m.root / "tokenizer.json").string());
+  ShoalResult tok = run_shoal("train-tokenizer --input " + (m.root / "corpus.txt").string() +
+                              " --vocab-size 320 --out " + (m.root / "tokenizer.json").string());
   if (tok.code != 0) {
     m.error = "train-tokenizer failed: " + tok.out;
     return m;
@@ -128,8 +107,8 @@ inline TinyChatModel make_tiny_chat_model() {
     std::ofstream f(m.root / "train.json");
     f << cfg.dump(2);
   }
-  CliResult tr = shoal_cli("train " + (m.root / "train.json").string() + " --runs-dir " +
-                           m.root.string() + " --name run --no-report");
+  ShoalResult tr = run_shoal("train " + (m.root / "train.json").string() + " --runs-dir " +
+                             m.root.string() + " --name run --no-report");
   if (tr.code != 0) {
     m.error = "shoal train failed: " + tr.out;
     return m;

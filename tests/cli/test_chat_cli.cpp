@@ -20,7 +20,7 @@ namespace {
 
 namespace fs = std::filesystem;
 using json = nlohmann::json;
-using shoal::test::contains;
+using shoal::test::has;
 
 std::string run(const std::string& cmd) {
   std::string out;
@@ -74,8 +74,7 @@ class Tmux {
     return run("tmux -L " + socket_ + " capture-pane -p -J -S -1000 -t " + name_);
   }
   bool dead() {  // the command has exited
-    return contains(run("tmux -L " + socket_ + " list-panes -t " + name_ + " -F '#{pane_dead}'"),
-                    "1");
+    return has(run("tmux -L " + socket_ + " list-panes -t " + name_ + " -F '#{pane_dead}'"), "1");
   }
   // Waits until `pred(screen)` holds; returns the last screen.
   template <class Pred>
@@ -94,7 +93,7 @@ class Tmux {
     return s;
   }
   std::string wait_for(const std::string& text, double seconds, bool* ok) {
-    return wait([&](const std::string& s) { return contains(s, text); }, seconds, ok);
+    return wait([&](const std::string& s) { return has(s, text); }, seconds, ok);
   }
 
  private:
@@ -138,15 +137,15 @@ TEST(ChatCli, ToolCallCommandsAndSaveInATerminal) {
   bool ok = false;
   std::string s = tmux.wait_for("you> ", 60, &ok);
   ASSERT_TRUE(ok) << s;
-  EXPECT_TRUE(contains(s, "tools: calculator")) << s;
+  EXPECT_TRUE(has(s, "tools: calculator")) << s;
 
   // The model calls the calculator, the sandbox runs it, the model answers.
   tmux.type("What is 12+7?");
   s = tmux.wait([](const std::string& x) { return count_of(x, "you> ") >= 2; }, 60, &ok);
   ASSERT_TRUE(ok) << s;
-  EXPECT_TRUE(contains(s, "[tool call] calculator")) << s;
-  EXPECT_TRUE(contains(s, "[tool output calculator] {\"decimal\":\"19\"")) << s;
-  EXPECT_TRUE(contains(s, "The answer is")) << s;
+  EXPECT_TRUE(has(s, "[tool call] calculator")) << s;
+  EXPECT_TRUE(has(s, "[tool output calculator] {\"decimal\":\"19\"")) << s;
+  EXPECT_TRUE(has(s, "The answer is")) << s;
 
   tmux.type("/tools");
   s = tmux.wait_for("calculator: ", 20, &ok);
@@ -165,7 +164,7 @@ TEST(ChatCli, ToolCallCommandsAndSaveInATerminal) {
   EXPECT_EQ(conv["messages"][1]["role"], "assistant");
   EXPECT_EQ(conv["messages"][1]["tool_calls"][0]["function"]["name"], "calculator");
   EXPECT_EQ(conv["messages"][2]["role"], "tool");
-  EXPECT_TRUE(contains(conv["messages"][2]["content"].get<std::string>(), "19"));
+  EXPECT_TRUE(has(conv["messages"][2]["content"].get<std::string>(), "19"));
   EXPECT_EQ(conv["messages"].back()["role"], "assistant");
   EXPECT_EQ(conv["tools"][0]["function"]["name"], "calculator");
 
@@ -183,8 +182,8 @@ TEST(ChatCli, ToolCallCommandsAndSaveInATerminal) {
   // History: what was typed, in order.
   std::ifstream h(t.dir / "history");
   std::string hist((std::istreambuf_iterator<char>(h)), std::istreambuf_iterator<char>());
-  EXPECT_TRUE(contains(hist, "What is 12+7?")) << hist;
-  EXPECT_TRUE(contains(hist, "/tools")) << hist;
+  EXPECT_TRUE(has(hist, "What is 12+7?")) << hist;
+  EXPECT_TRUE(has(hist, "/tools")) << hist;
 }
 
 TEST(ChatCli, CtrlCStopsTheGenerationNotTheProgram) {
@@ -226,12 +225,12 @@ TEST(ChatCli, LinesFromAPipeGetPlainReplies) {
   std::string input = "What is 3+4?\\n/save " + saved.string() + "\\n";
   std::string out = run("printf '" + input + "' | " + chat_command(m.model, t.dir / "history") +
                         "; echo EXIT=$?");
-  EXPECT_TRUE(contains(out, "[tool call] calculator")) << out;
-  EXPECT_TRUE(contains(out, "[tool output calculator]")) << out;
-  EXPECT_TRUE(contains(out, "saved 4 messages")) << out;
-  EXPECT_TRUE(contains(out, "EXIT=0")) << out;
-  EXPECT_FALSE(contains(out, "you>")) << out;
-  EXPECT_FALSE(contains(out, "\033")) << out;
+  EXPECT_TRUE(has(out, "[tool call] calculator")) << out;
+  EXPECT_TRUE(has(out, "[tool output calculator]")) << out;
+  EXPECT_TRUE(has(out, "saved 4 messages")) << out;
+  EXPECT_TRUE(has(out, "EXIT=0")) << out;
+  EXPECT_FALSE(has(out, "you>")) << out;
+  EXPECT_FALSE(has(out, "\033")) << out;
   EXPECT_FALSE(fs::exists(t.dir / "history"));  // no history outside a terminal
   std::ifstream f(saved);
   json conv = json::parse(f);
@@ -242,14 +241,14 @@ TEST(ChatCli, BadInputsGiveOneClearError) {
   TempDir t;
   std::string out = run(std::string(SHOAL_BINARY) + " chat --model " + (t.dir / "nope").string() +
                         " </dev/null 2>&1; echo EXIT=$?");
-  EXPECT_TRUE(contains(out, "no such directory")) << out;
-  EXPECT_TRUE(contains(out, "EXIT=1")) << out;
+  EXPECT_TRUE(has(out, "no such directory")) << out;
+  EXPECT_TRUE(has(out, "EXIT=1")) << out;
   const auto& m = shoal::test::tiny_chat_model();
   ASSERT_TRUE(m.error.empty()) << m.error;
   out = run(std::string(SHOAL_BINARY) + " chat --model " + m.model.string() +
             " --tools calculator,teleport </dev/null 2>&1; echo EXIT=$?");
-  EXPECT_TRUE(contains(out, "unknown tool 'teleport'")) << out;
-  EXPECT_TRUE(contains(out, "EXIT=1")) << out;
+  EXPECT_TRUE(has(out, "unknown tool 'teleport'")) << out;
+  EXPECT_TRUE(has(out, "EXIT=1")) << out;
 }
 
 }  // namespace

@@ -24,8 +24,8 @@ namespace {
 namespace fs = std::filesystem;
 using json = nlohmann::json;
 using shoal::actors::pass_at_k;
-using shoal::test::contains;
-using shoal::test::shoal_cli;
+using shoal::test::has;
+using shoal::test::run_shoal;
 
 // ---- the estimator ----
 
@@ -211,11 +211,11 @@ TEST(EvalCli, SuiteRunWritesConsistentResults) {
   ASSERT_TRUE(m.error.empty()) << m.error;
   TempDir t;
   fs::path suite = write_suite(t.dir, small_suite());
-  auto r = shoal_cli("eval --model " + m.model.string() + " --suite " + suite.string() +
+  auto r = run_shoal("eval --model " + m.model.string() + " --suite " + suite.string() +
                      " --samples 3 --temperature 1 --out " + (t.dir / "out").string());
   ASSERT_EQ(r.code, 0) << r.out;
-  EXPECT_TRUE(contains(r.out, "episodes/s")) << r.out;
-  EXPECT_TRUE(contains(r.out, "pass@3")) << r.out;
+  EXPECT_TRUE(has(r.out, "episodes/s")) << r.out;
+  EXPECT_TRUE(has(r.out, "pass@3")) << r.out;
   ASSERT_TRUE(fs::exists(t.dir / "out" / "results.json"));
   ASSERT_TRUE(fs::exists(t.dir / "out" / "report.html"));
   json res = read_json(t.dir / "out" / "results.json");
@@ -269,9 +269,9 @@ TEST(EvalCli, SuiteRunWritesConsistentResults) {
   EXPECT_GT(a["throughput"]["generated_tokens_per_s"].get<double>(), 0.0);
   std::ifstream html(t.dir / "out" / "report.html");
   std::string page((std::istreambuf_iterator<char>(html)), std::istreambuf_iterator<char>());
-  EXPECT_TRUE(contains(page, "Content-Security-Policy"));
-  EXPECT_TRUE(contains(page, "<svg"));  // the pass@k chart
-  EXPECT_TRUE(contains(page, "countdown"));
+  EXPECT_TRUE(has(page, "Content-Security-Policy"));
+  EXPECT_TRUE(has(page, "<svg"));  // the pass@k chart
+  EXPECT_TRUE(has(page, "countdown"));
 }
 
 TEST(EvalCli, SameTasksAndResultsOnASecondRun) {
@@ -280,8 +280,8 @@ TEST(EvalCli, SameTasksAndResultsOnASecondRun) {
   TempDir t;
   fs::path suite = write_suite(t.dir, small_suite());
   std::string base = "eval --model " + m.model.string() + " --suite " + suite.string();
-  auto r1 = shoal_cli(base + " --out " + (t.dir / "a").string());
-  auto r2 = shoal_cli(base + " --out " + (t.dir / "b").string());
+  auto r1 = run_shoal(base + " --out " + (t.dir / "a").string());
+  auto r2 = run_shoal(base + " --out " + (t.dir / "b").string());
   ASSERT_EQ(r1.code, 0) << r1.out;
   ASSERT_EQ(r2.code, 0) << r2.out;
   json a = read_json(t.dir / "a" / "results.json")["results"];
@@ -296,13 +296,13 @@ TEST(EvalCli, BaselineIsComparedOnTheSameTasks) {
   ASSERT_TRUE(m.error.empty()) << m.error;
   TempDir t;
   fs::path suite = write_suite(t.dir, small_suite());
-  auto r = shoal_cli("eval --model " + m.model.string() + " --baseline " + m.middle.string() +
+  auto r = run_shoal("eval --model " + m.model.string() + " --baseline " + m.middle.string() +
                      " --suite " + suite.string() + " --samples 2 --temperature 1 --out " +
                      (t.dir / "out").string());
   ASSERT_EQ(r.code, 0) << r.out;
-  EXPECT_TRUE(contains(r.out, "baseline")) << r.out;
-  EXPECT_TRUE(contains(r.out, "95% CI")) << r.out;
-  EXPECT_TRUE(contains(r.out, "throughput (baseline)")) << r.out;
+  EXPECT_TRUE(has(r.out, "baseline")) << r.out;
+  EXPECT_TRUE(has(r.out, "95% CI")) << r.out;
+  EXPECT_TRUE(has(r.out, "throughput (baseline)")) << r.out;
   json res = read_json(t.dir / "out" / "results.json");
   ASSERT_TRUE(res.contains("baseline"));
   ASSERT_TRUE(res.contains("comparison"));
@@ -325,7 +325,7 @@ TEST(EvalCli, BaselineIsComparedOnTheSameTasks) {
   const json& mr = res["comparison"]["mean_reward"];
   EXPECT_NEAR(mr["difference"].get<double>(),
               a["mean_reward"].get<double>() - b["mean_reward"].get<double>(), 1e-9);
-  EXPECT_TRUE(contains(res["comparison"]["method"].get<std::string>(), "bootstrap"));
+  EXPECT_TRUE(has(res["comparison"]["method"].get<std::string>(), "bootstrap"));
 }
 
 TEST(EvalCli, BadInputsGiveOneClearError) {
@@ -336,14 +336,14 @@ TEST(EvalCli, BadInputsGiveOneClearError) {
   std::ofstream(model / "config.json") << "{}";
   std::ofstream(model / "tokenizer.json") << "{}";
   fs::path good = write_suite(t.dir, small_suite());
-  auto run = [&](const std::string& args) { return shoal_cli("eval " + args); };
+  auto run = [&](const std::string& args) { return run_shoal("eval " + args); };
   auto one_line = [](const std::string& out) {
     return std::count(out.begin(), out.end(), '\n') == 1;
   };
 
   auto r = run("--model " + (t.dir / "nope").string() + " --suite " + good.string());
   EXPECT_EQ(r.code, 1);
-  EXPECT_TRUE(contains(r.out, "nope: no such directory")) << r.out;
+  EXPECT_TRUE(has(r.out, "nope: no such directory")) << r.out;
   EXPECT_TRUE(one_line(r.out)) << r.out;
 
   fs::path bare = t.dir / "bare";
@@ -351,19 +351,19 @@ TEST(EvalCli, BadInputsGiveOneClearError) {
   std::ofstream(bare / "config.json") << "{}";
   r = run("--model " + bare.string() + " --suite " + good.string());
   EXPECT_EQ(r.code, 1);
-  EXPECT_TRUE(contains(r.out, "has no tokenizer.json: give --tokenizer FILE")) << r.out;
+  EXPECT_TRUE(has(r.out, "has no tokenizer.json: give --tokenizer FILE")) << r.out;
 
   r = run("--model " + model.string() + " --suite " + (t.dir / "missing.json").string());
   EXPECT_EQ(r.code, 1);
-  EXPECT_TRUE(contains(r.out, "missing.json: no such file")) << r.out;
+  EXPECT_TRUE(has(r.out, "missing.json: no such file")) << r.out;
 
   json bad = small_suite();
   bad["samples"] = "two";
   fs::path bad_type = write_suite(t.dir, bad, "bad_type");
   r = run("--model " + model.string() + " --suite " + bad_type.string());
   EXPECT_EQ(r.code, 1);
-  EXPECT_TRUE(contains(r.out, "bad_type.json")) << r.out;
-  EXPECT_TRUE(contains(r.out, "samples: expected an integer")) << r.out;
+  EXPECT_TRUE(has(r.out, "bad_type.json")) << r.out;
+  EXPECT_TRUE(has(r.out, "samples: expected an integer")) << r.out;
   EXPECT_TRUE(one_line(r.out)) << r.out;
 
   json typo = small_suite();
@@ -371,35 +371,35 @@ TEST(EvalCli, BadInputsGiveOneClearError) {
   fs::path typo_file = write_suite(t.dir, typo, "typo");
   r = run("--model " + model.string() + " --suite " + typo_file.string());
   EXPECT_EQ(r.code, 1);
-  EXPECT_TRUE(contains(r.out, "typo.json")) << r.out;
-  EXPECT_TRUE(contains(r.out, "tasks[1].difficuly: unknown key")) << r.out;
+  EXPECT_TRUE(has(r.out, "typo.json")) << r.out;
+  EXPECT_TRUE(has(r.out, "tasks[1].difficuly: unknown key")) << r.out;
 
   json family = small_suite();
   family["tasks"][0]["family"] = "alchemy";
   fs::path family_file = write_suite(t.dir, family, "family");
   r = run("--model " + model.string() + " --suite " + family_file.string());
   EXPECT_EQ(r.code, 1);
-  EXPECT_TRUE(contains(r.out, "tasks[0].family")) << r.out;
-  EXPECT_TRUE(contains(r.out, "alchemy")) << r.out;
+  EXPECT_TRUE(has(r.out, "tasks[0].family")) << r.out;
+  EXPECT_TRUE(has(r.out, "alchemy")) << r.out;
 
   fs::path not_json = t.dir / "not.json";
   std::ofstream(not_json) << "{\"name\": ";
   r = run("--model " + model.string() + " --suite " + not_json.string());
   EXPECT_EQ(r.code, 1);
-  EXPECT_TRUE(contains(r.out, "not.json")) << r.out;
+  EXPECT_TRUE(has(r.out, "not.json")) << r.out;
 
   r = run("--model " + model.string() + " --suite " + good.string() + " --samples 0");
   EXPECT_EQ(r.code, 1);
-  EXPECT_TRUE(contains(r.out, "--samples must be at least 1 (got 0)")) << r.out;
+  EXPECT_TRUE(has(r.out, "--samples must be at least 1 (got 0)")) << r.out;
   EXPECT_TRUE(one_line(r.out)) << r.out;
 
   r = run("--model " + model.string() + " --suite " + good.string() + " --temperature 1000");
   EXPECT_EQ(r.code, 1);
-  EXPECT_TRUE(contains(r.out, "--temperature must be between 0")) << r.out;
+  EXPECT_TRUE(has(r.out, "--temperature must be between 0")) << r.out;
 
   r = run("--suite " + good.string());
   EXPECT_EQ(r.code, 2);  // a usage error: --model is required
-  EXPECT_TRUE(contains(r.out, "--model")) << r.out;
+  EXPECT_TRUE(has(r.out, "--model")) << r.out;
 }
 
 }  // namespace
