@@ -499,13 +499,8 @@ ModelRun evaluate_model(const ModelSpec& m, const EvalSuiteSpec& suite, tasks::T
     caf::actor_system sys{sys_cfg};
     caf::scoped_actor self{sys};
     engine_actor engine = spawn_engine_owner(sys, policy);
-    RolloutDeps deps;
-    deps.tokenizer = tokenizer;
-    deps.engine = engine;
-    for (int64_t i = 0; i < o.sandbox_workers; ++i)
-      deps.tools.push_back(spawn_tool_actor(sys, endpoint, 30000));
-    deps.reward = spawn_reward_actor(sys, endpoint);
-    deps.environment_sandbox = env_client;
+    RolloutDeps deps =
+        sandbox_rollout_deps(sys, tokenizer, engine, endpoint, o.sandbox_workers, env_client);
     CollectorConfig cc;
     cc.max_in_flight = std::max<int64_t>(1, o.rollouts);
     caf::actor collector = sys.spawn(collector_actor, deps, cc, caf::actor{});

@@ -3,10 +3,26 @@
 
 #include <chrono>
 
+#include "actors/reward_actor.h"
+#include "actors/tool_actor.h"
 #include "base/error.h"
 #include "tasks/registry.h"
 
 namespace shoal::actors {
+
+RolloutDeps sandbox_rollout_deps(caf::actor_system& sys, std::shared_ptr<const Tokenizer> tokenizer,
+                                 engine_actor engine, const std::string& endpoint,
+                                 int64_t tool_actors,
+                                 std::shared_ptr<sandbox::Client> environment) {
+  RolloutDeps deps;
+  deps.tokenizer = std::move(tokenizer);
+  deps.engine = std::move(engine);
+  for (int64_t i = 0; i < tool_actors; ++i)
+    deps.tools.push_back(spawn_tool_actor(sys, endpoint, 30000));
+  deps.reward = spawn_reward_actor(sys, endpoint);
+  deps.environment_sandbox = std::move(environment);
+  return deps;
+}
 
 using nlohmann::json;
 using Clock = std::chrono::steady_clock;

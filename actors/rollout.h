@@ -29,6 +29,12 @@ struct RolloutDeps {
   int64_t tool_timeout_ms = 30000;  // a tool call that takes longer is answered with an error
 };
 
+// Rollouts against the sandbox server at `endpoint`: `tool_actors` tool actors (30 s per call), a
+// reward actor, and `environment` for the families whose environment lives in the sandbox.
+RolloutDeps sandbox_rollout_deps(caf::actor_system& sys, std::shared_ptr<const Tokenizer> tokenizer,
+                                 engine_actor engine, const std::string& endpoint,
+                                 int64_t tool_actors, std::shared_ptr<sandbox::Client> environment);
+
 // The rollout's behaviour: `run_atom, EpisodeJob` → EpisodeResult.
 caf::behavior rollout_actor(caf::event_based_actor* self, RolloutDeps deps);
 

@@ -301,13 +301,8 @@ TrainResult run_training(const TrainOptions& o) {
   engine_actor engine = spawn_engine_owner(sys, policy);
   caf::actor writer = spawn_store_writer(sys, store);
   events->attach(writer);
-  RolloutDeps deps;
-  deps.tokenizer = tokenizer;
-  deps.engine = engine;
-  for (int64_t i = 0; i < cfg.sandbox_workers; ++i)
-    deps.tools.push_back(spawn_tool_actor(sys, endpoint, 30000));
-  deps.reward = spawn_reward_actor(sys, endpoint);
-  deps.environment_sandbox = sandbox_client;
+  RolloutDeps deps =
+      sandbox_rollout_deps(sys, tokenizer, engine, endpoint, cfg.sandbox_workers, sandbox_client);
   CollectorConfig cc;
   cc.max_in_flight = o.threads > 0 ? o.threads : 64;
   caf::actor collector = sys.spawn(collector_actor, deps, cc, writer);
