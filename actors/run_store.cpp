@@ -46,6 +46,11 @@ double now_s() {
   return std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
 }
 
+std::string parent_dir(const std::string& file) {
+  std::filesystem::path dir = std::filesystem::path(file).parent_path();
+  return dir.empty() ? std::string(".") : dir.string();
+}
+
 std::string meta(SqliteDb& db, const std::string& key) {
   auto s = db.prepare("SELECT value FROM meta WHERE key = ?");
   s.bind(1, key);
@@ -76,7 +81,7 @@ std::unique_ptr<RunStore> RunStore::create(const std::string& path, const std::s
   set_meta(*db, "status", "running");
   set_meta(*db, "created", std::to_string(now_s()));
   tx.commit();
-  return std::unique_ptr<RunStore>(new RunStore(std::move(db)));
+  return std::unique_ptr<RunStore>(new RunStore(std::move(db), parent_dir(path)));
 }
 
 std::unique_ptr<RunStore> RunStore::open(const std::string& path, bool read_only) {
@@ -89,7 +94,7 @@ std::unique_ptr<RunStore> RunStore::open(const std::string& path, bool read_only
   SHOAL_CHECK(v == std::to_string(kSchemaVersion),
               "run store {}: schema version {} (this shoal reads version {})", path, v,
               kSchemaVersion);
-  return std::unique_ptr<RunStore>(new RunStore(std::move(db)));
+  return std::unique_ptr<RunStore>(new RunStore(std::move(db), parent_dir(path)));
 }
 
 std::string RunStore::name() {
@@ -268,11 +273,16 @@ json RunStore::events() {
 json RunStore::checkpoints() {
   json out = json::array();
   auto s = db_->prepare("SELECT gstep, stage, stage_step, path FROM checkpoints ORDER BY gstep");
-  while (s.step())
+  while (s.step()) {
+    std::filesystem::path dir =
+        std::filesystem::path(dir_) / "checkpoints" / std::filesystem::path(s.text(3)).filename();
+    std::error_code ec;
     out.push_back({{"gstep", s.int64(0)},
                    {"stage", s.text(1)},
                    {"stage_step", s.int64(2)},
-                   {"path", s.text(3)}});
+                   {"path", s.text(3)},
+                   {"on_disk", std::filesystem::is_directory(dir, ec)}});
+  }
   return out;
 }
 

@@ -111,6 +111,9 @@ class RunStore {
   std::vector<MetricRow> metrics();
   nlohmann::json evals();  // [{suite, label, gstep, results}]
   nlohmann::json events();
+  // [{gstep, stage, stage_step, path, on_disk}]: on_disk is false once the checkpoint directory
+  // was pruned (checkpoint.keep) or removed; it is looked up beside this store's file, so a run
+  // directory that was moved still answers.
   nlohmann::json checkpoints();
   int64_t episode_count();
   std::vector<EpisodeRecord> episodes(const std::string& stage_filter = "", int64_t limit = -1);
@@ -128,9 +131,10 @@ class RunStore {
   SqliteDb& db() { return *db_; }
 
  private:
-  explicit RunStore(std::unique_ptr<SqliteDb> db) : db_(std::move(db)) {}
+  RunStore(std::unique_ptr<SqliteDb> db, std::string dir) : db_(std::move(db)), dir_(std::move(dir)) {}
   void insert_episode(const EpisodeRecord& e);
   std::unique_ptr<SqliteDb> db_;
+  std::string dir_;  // the directory holding run.sqlite
 };
 
 }  // namespace shoal::actors

@@ -298,10 +298,13 @@ std::string checkpoints_and_events(actors::RunStore& store) {
   if (cps.empty()) {
     out += "<p class=\"empty\">None.</p>";
   } else {
-    out += "<table><tr><th>step</th><th>stage</th><th>stage step</th><th>path</th></tr>";
+    out +=
+        "<table><tr><th>step</th><th>stage</th><th>stage step</th><th>path</th><th>on disk</th>"
+        "</tr>";
     for (const auto& c : cps)
       out += "<tr>" + cell(c["gstep"]) + cell(c["stage"]) + cell(c["stage_step"]) +
-             cell(c["path"]) + "</tr>";
+             cell(c["path"]) + cell(c.value("on_disk", true) ? "yes" : "removed (keep)") +
+             "</tr>";
     out += "</table>";
   }
   json events = store.events();

@@ -144,11 +144,12 @@ void show_text(const json& j) {
   std::printf("\ncheckpoints:\n");
   if (j["checkpoints"].empty()) std::printf("  (none yet)\n");
   for (const auto& c : j["checkpoints"])
-    std::printf("  step %-6lld %s step %lld  %s\n",
+    std::printf("  step %-6lld %s step %lld  %s%s\n",
                 static_cast<long long>(c["gstep"].get<int64_t>()),
                 c["stage"].get<std::string>().c_str(),
                 static_cast<long long>(c["stage_step"].get<int64_t>()),
-                c["path"].get<std::string>().c_str());
+                c["path"].get<std::string>().c_str(),
+                c.value("on_disk", true) ? "" : "  (removed: checkpoint.keep)");
   std::printf("\nrecent events:\n");
   if (j["events"].empty()) std::printf("  (none)\n");
   for (const auto& e : j["events"])

@@ -124,9 +124,19 @@ TEST(TrainCli, ShortQuickstartRunsEndToEnd) {
   EXPECT_TRUE(fs::exists(run / "checkpoints" / "step_7" / "config.json"));
   EXPECT_TRUE(fs::exists(run / "checkpoints" / "step_7" / "tokenizer.json"));
   EXPECT_FALSE(fs::exists(run / "checkpoints" / "step_2"));
+  // The store keeps the record of every checkpoint and says which are still on disk.
+  int on_disk = 0;
+  for (const json& c : cks) {
+    bool there = fs::is_directory(run / "checkpoints" /
+                                   ("step_" + std::to_string(c["gstep"].get<int>())));
+    EXPECT_EQ(c["on_disk"].get<bool>(), there) << c.dump();
+    on_disk += there;
+  }
+  EXPECT_EQ(on_disk, 2) << cks.dump();
 
   ShoalResult show = run_shoal("runs show " + run.string());
   EXPECT_EQ(show.code, 0) << show.out;
+  EXPECT_TRUE(has(show.out, "step_2  (removed: checkpoint.keep)")) << show.out;
   (void)calls;
 }
 
