@@ -1,14 +1,18 @@
-// bench_cuda_decode: what of generation runs on the CUDA backend, and how fast. Cached decoding
-// (Model::forward_cached over the latent KV cache) is CPU-only so far; the benchmark tries one
-// cached forward on the device and prints the error it gets, so the report says so from a run.
-// What it measures instead: prefill throughput, an uncached forward (no backward) over B prompts
-// of P tokens (tokens/s), at each batch size -- the prompt half of a generate call. A batch of
-// more than --max-tokens tokens runs as several forwards of whole prompts (the uncached forward
-// keeps every layer's activations, which for 256 x 256 tokens of moe-2b would not fit).
+// bench_cuda_decode: generation on the CUDA backend, and how fast.
+//  - prefill: an uncached forward (no backward) over B prompts of P tokens (tokens/s), at each
+//    batch size. A batch of more than --max-tokens tokens runs as several forwards of whole
+//    prompts (the uncached forward keeps every layer's activations).
+//  - generate: greedy generate() (the continuous-batching scheduler over the device KV cache) of
+//    B random P-token prompts, --new tokens each: B * new / seconds, prefill included -- the shape
+//    of shared/bench/baseline_hf.py's generate numbers. Then the decode step alone
+//    (Model::forward_cached, one new token per sequence at about P + new/2 cached tokens) and the
+//    [B, vocab] logits copy to the host that each step includes.
+//  - the absorbed decode attention kernel (Backend::latent_attention) on long contexts: achieved
+//    read bandwidth of the latent cache against the H200's 4.2 TB/s.
 //
-//   bench_cuda_decode --config moe-2b.json [--prompt 256] [--batches 1,32,256] [--reps 3]
-//                     [--max-tokens 16384]
-//                     [--gemm f32,bf16] [--attention f32,tf32] [--seed 0]
+//   bench_cuda_decode --config moe-2b.json [--prompt 256] [--new 128] [--batches 1,32,256]
+//                     [--reps 3] [--max-tokens 16384] [--gemm f32,bf16]
+//                     [--attention f32,tf32,bf16] [--seed 0] [--no-generate]
 // One line "RESULT {json}" per precision on stdout (for bench/cuda_bench.sh).
 #include <algorithm>
 #include <chrono>
@@ -21,6 +25,7 @@
 #include "base/error.h"
 #include "bench/cuda_bench_common.h"
 #include "engine/cuda/cuda_backend.h"
+#include "engine/generate/generate.h"
 #include "engine/generate/kv_cache.h"
 #include "engine/model/config.h"
 #include "engine/model/model.h"
@@ -47,40 +52,150 @@ std::vector<std::string> split(const std::string& s) {
 
 struct Options {
   std::string config;
-  int64_t prompt = 256, reps = 3, max_tokens = 16384;
+  int64_t prompt = 256, new_tokens = 128, reps = 3, max_tokens = 16384;
+  bool generate = true;
   uint64_t seed = 0;
   std::vector<int64_t> batches{1, 32, 256};
   std::vector<std::string> gemms{"f32"};
-  std::vector<std::string> attentions{"f32"};  // f32: tiled f32 kernels; tf32: tensor cores
+  std::vector<std::string> attentions{"f32"};  // f32 tiled kernels; tf32, bf16: tensor cores
 };
 
-nlohmann::json run(const Options& o, CudaGemm gemm, bool tf32_attention) {
+std::vector<std::vector<int32_t>> random_prompts(int64_t b, int64_t len, int64_t vocab,
+                                                 std::mt19937& rng) {
+  std::vector<std::vector<int32_t>> p(static_cast<size_t>(b));
+  for (auto& s : p)
+    for (int64_t i = 0; i < len; ++i) s.push_back(3 + int32_t(rng() % uint32_t(vocab - 3)));
+  return p;
+}
+
+// The decode attention kernel alone: B sequences of L cached tokens (pages of 64), one query row
+// each, moe-2b's dims; GB/s of latent reads (each latent row once per row of queries).
+void kernel_bandwidth(const ModelConfig& cfg, Backend& be, nlohmann::json& j) {
+  const int64_t h = cfg.num_attention_heads, rank = cfg.kv_lora_rank,
+                dim = rank + cfg.qk_rope_head_dim, pt = 64;
+  for (auto [b, len] :
+       {std::pair<int64_t, int64_t>{1, 4096}, {64, 4096}, {256, 1024}, {32, 16384}}) {
+    const int64_t np = len / pt;
+    Tensor pool = be.empty({b * len, dim}), q = be.empty({b, h, dim}), out = be.empty({b, h, rank});
+    // Random latents: one random block of 1,024 rows repeated over the pool.
+    Tensor hp = Tensor::empty({1024, dim}, DType::f32), hq = Tensor::empty({b, h, dim}, DType::f32);
+    std::mt19937 rng(11);
+    std::uniform_real_distribution<float> u(-1.0f, 1.0f);
+    for (int64_t i = 0; i < hp.numel(); ++i) hp.f32()[i] = u(rng);
+    for (int64_t i = 0; i < hq.numel(); ++i) hq.f32()[i] = u(rng);
+    for (int64_t r = 0; r < b * len; r += 1024) {
+      Tensor dst = pool.slice(0, r, r + 1024);
+      be.copy(hp, dst);
+    }
+    be.copy(hq, q);
+    Tensor bt = Tensor::empty({b, np}, DType::i32), rs = Tensor::empty({b}, DType::i32),
+           rl = Tensor::empty({b}, DType::i32);
+    for (int64_t i = 0; i < b * np; ++i) bt.i32()[i] = int32_t(i);
+    for (int64_t i = 0; i < b; ++i) rs.i32()[i] = int32_t(i), rl.i32()[i] = int32_t(len);
+    Tensor dbt = be.from_host(bt), drs = be.from_host(rs), drl = be.from_host(rl);
+    const float scale = float(cfg.softmax_scale());
+    auto call = [&] { be.latent_attention(q, pool, pt, dbt, drs, drl, len, nullptr, scale, out); };
+    call();
+    cuda_synchronize();
+    const int iters = 20;
+    auto t0 = Clock::now();
+    for (int i = 0; i < iters; ++i) call();
+    cuda_synchronize();
+    const double dt = since(t0) / iters, gbs = double(b * len * dim * 4) / dt / 1e9;
+    std::printf(
+        "latent_attention batch %3lld x %5lld tokens: %8.1f us, %6.0f GB/s (%.0f%% of 4.2 "
+        "TB/s)\n",
+        (long long)b, (long long)len, dt * 1e6, gbs, 100 * gbs / 4200);
+    j["attn_b" + std::to_string(b) + "_L" + std::to_string(len) + "_GBps"] = gbs;
+  }
+}
+
+void decode(const Options& o, const ModelConfig& cfg, Backend& be, Model& model,
+            nlohmann::json& j) {
+  std::mt19937 rng(uint32_t(o.seed) + 11);
+  SamplingParams sp;
+  sp.greedy = true;
+  sp.max_tokens = o.new_tokens;
+  j["new_tokens"] = o.new_tokens;
+  for (int64_t b : o.batches) {
+    auto prompts = random_prompts(b, o.prompt, cfg.vocab_size, rng);
+    {  // warm-up (allocator pools, cuBLAS handles) on a short run
+      SamplingParams w = sp;
+      w.max_tokens = 2;
+      generate(model, prompts, w);
+      cuda_synchronize();
+    }
+    auto t0 = Clock::now();
+    auto gens = generate(model, prompts, sp);
+    cuda_synchronize();
+    const double dt = since(t0);
+    int64_t produced = 0;
+    for (auto& g : gens) produced += int64_t(g.ids.size());
+    SHOAL_CHECK(produced == b * o.new_tokens, "generate produced {} tokens, not {}", produced,
+                b * o.new_tokens);
+    const double tps = double(b * o.new_tokens) / dt;
+    std::printf(
+        "generate batch %4lld: %lld prompt + %lld new tokens each, %.3f s, %.0f new "
+        "tokens/s (prefill included)\n",
+        (long long)b, (long long)o.prompt, (long long)o.new_tokens, dt, tps);
+    j["generate_b" + std::to_string(b) + "_tokens_per_s"] = tps;
+    j["generate_b" + std::to_string(b) + "_s"] = dt;
+
+    // The decode step alone, through forward_cached, and the logits copy inside it.
+    const int64_t steps = 16;
+    LatentKvCache cache(cfg, KvCacheConfig{16, b * ((o.prompt + o.new_tokens + 15) / 16 + 1)}, &be);
+    std::vector<int64_t> seqs;
+    for (int64_t i = 0; i < b; ++i) seqs.push_back(cache.add_sequence());
+    CachedForwardOptions last;
+    last.last_logits_only = true;
+    Tensor logits = model.forward_cached(cache, seqs, prompts, last);
+    for (int64_t s = 0; s < o.new_tokens / 2 - steps; ++s) {  // reach P + new/2 - steps tokens
+      std::vector<std::vector<int32_t>> t(static_cast<size_t>(b), {5});
+      model.forward_cached(cache, seqs, t, last);
+    }
+    cuda_synchronize();
+    t0 = Clock::now();
+    for (int64_t s = 0; s < steps; ++s) {
+      std::vector<std::vector<int32_t>> t;
+      const int64_t v = logits.size(1);
+      for (int64_t r = 0; r < b; ++r) {
+        const float* row = logits.f32() + r * v;
+        t.push_back({int32_t(std::max_element(row, row + v) - row)});
+      }
+      logits = model.forward_cached(cache, seqs, t, last);
+    }
+    const double step = since(t0) / steps;
+    Tensor dev = be.empty({b, cfg.vocab_size});
+    be.zero(dev);
+    be.to_host(dev);
+    cuda_synchronize();
+    t0 = Clock::now();
+    for (int r = 0; r < 5; ++r) be.to_host(dev);
+    const double copy = since(t0) / 5;
+    std::printf(
+        "decode step batch %4lld at ~%lld cached tokens: %.2f ms/step (%.0f tokens/s), of "
+        "which the [%lld, %lld] logits copy to the host %.2f ms\n",
+        (long long)b, (long long)(o.prompt + o.new_tokens / 2), step * 1e3, double(b) / step,
+        (long long)b, (long long)cfg.vocab_size, copy * 1e3);
+    j["decode_step_b" + std::to_string(b) + "_ms"] = step * 1e3;
+    j["decode_step_b" + std::to_string(b) + "_tokens_per_s"] = double(b) / step;
+    j["logits_copy_b" + std::to_string(b) + "_ms"] = copy * 1e3;
+  }
+}
+
+nlohmann::json run(const Options& o, CudaGemm gemm, CudaAttention attention) {
   std::printf("\n=== gemm %s, attention %s: %s ===\n", cuda_gemm_name(gemm),
-              tf32_attention ? "tf32" : "f32", o.config.c_str());
+              cuda_attention_name(attention), o.config.c_str());
   ModelConfig cfg = ModelConfig::load(o.config);
-  auto be = make_cuda_backend(0, CudaBackendOptions{gemm, tf32_attention});
+  auto be = make_cuda_backend(0, CudaBackendOptions{gemm, false, attention});
   Model model(cfg, *be);
   auto t0 = Clock::now();
   bench::init_random_parallel(model, o.seed);
   std::printf("init %.1f s\n", since(t0));
   nlohmann::json j;
   j["gemm"] = cuda_gemm_name(gemm);
-  j["attention"] = tf32_attention ? "tf32" : "f32";
+  j["attention"] = cuda_attention_name(attention);
   j["prompt"] = o.prompt;
-
-  // Cached decoding on the device: expected to refuse (CPU-only so far); report what it says.
-  {
-    LatentKvCache cache(cfg, KvCacheConfig{16, 64});
-    int64_t seq = cache.add_sequence();
-    std::string status = "ran";
-    try {
-      model.forward_cached(cache, {seq}, {{5, 6, 7}});
-    } catch (const std::exception& e) {
-      status = e.what();
-    }
-    std::printf("cached forward (generation) on the CUDA backend: %s\n", status.c_str());
-    j["cached_forward"] = status;
-  }
 
   std::mt19937 rng(uint32_t(o.seed) + 7);
   for (int64_t b : o.batches) {
@@ -115,6 +230,8 @@ nlohmann::json run(const Options& o, CudaGemm gemm, bool tf32_attention) {
     j["prefill_b" + std::to_string(b) + "_tokens_per_s"] = tps;
     j["prefill_b" + std::to_string(b) + "_s"] = dt;
   }
+  if (o.generate) decode(o, cfg, *be, model, j);
+  kernel_bandwidth(cfg, *be, j);
   std::printf("RESULT %s\n", j.dump().c_str());
   std::fflush(stdout);
   return j;
@@ -134,6 +251,10 @@ int main_impl(int argc, char** argv) {
       o.prompt = std::stoll(next());
     } else if (a == "--max-tokens") {
       o.max_tokens = std::stoll(next());
+    } else if (a == "--new") {
+      o.new_tokens = std::stoll(next());
+    } else if (a == "--no-generate") {
+      o.generate = false;
     } else if (a == "--reps") {
       o.reps = std::stoll(next());
     } else if (a == "--seed") {
@@ -155,8 +276,7 @@ int main_impl(int argc, char** argv) {
   SHOAL_CHECK(why.empty(), "no CUDA device: {}", why);
   for (const std::string& g : o.gemms)
     for (const std::string& a : o.attentions) {
-      SHOAL_CHECK(a == "f32" || a == "tf32", "--attention takes f32 or tf32, not '{}'", a);
-      run(o, parse_cuda_gemm(g), a == "tf32");
+      run(o, parse_cuda_gemm(g), parse_cuda_attention(a));
     }
   return 0;
 }

@@ -5,11 +5,12 @@
 // from a profiling step (every op synchronised and timed), where the step's time goes.
 //
 //   bench_cuda_train --config moe-2b.json [--batch 4] [--seq 4096] [--steps 3] [--warmup 1]
-//                    [--gemm f32,bf16] [--attention f32,tf32] [--profile-steps 1] [--seed 0]
-//                    [--top 25]
-// --gemm (CudaGemm) and --attention (f32 tiled kernels, or tf32 on the tensor cores) take comma
-// lists; each combination runs in turn on a freshly initialised model. One line "RESULT {json}"
-// per combination on stdout (for bench/cuda_bench.sh).
+//                    [--gemm f32,bf16] [--attention f32,tf32,bf16] [--profile-steps 1] [--seed 0]
+//                    [--top 25] [--grouped loop,streams,batched]
+// --gemm (CudaGemm) and --attention (CudaAttention: f32 tiled kernels, tf32 or bf16 on the tensor
+// cores) take comma lists; each combination runs in turn on a freshly initialised model. One line
+// "RESULT {json}" per combination on stdout (for bench/cuda_bench.sh). --grouped loop runs the MoE
+// --grouped (CudaGrouped) is how the MoE experts' grouped_matmul runs, also a comma list.
 //
 // Model FLOPs per step: 6 x (matmul parameters a token uses: attention projections, the dense
 // FFN, the router, the K routed + shared experts of each MoE layer, lm_head) x tokens, plus 3 x
@@ -52,7 +53,8 @@ struct Options {
   int64_t batch = 4, seq = 4096, steps = 3, warmup = 1, profile_steps = 1, top = 25;
   uint64_t seed = 0;
   std::vector<std::string> gemms{"f32"};
-  std::vector<std::string> attentions{"f32"};  // f32: tiled f32 kernels; tf32: tensor cores
+  std::vector<std::string> attentions{"f32"};  // f32 tiled kernels; tf32, bf16: tensor cores
+  std::vector<std::string> grouped{"loop"};    // CudaGrouped
 };
 
 // Matmul parameters one token goes through (see the file comment).
@@ -104,12 +106,12 @@ double gemm_rate(Backend& be) {
   return 2.0 * double(n) * double(n) * double(n) / median(s);
 }
 
-nlohmann::json run(const Options& o, CudaGemm gemm, bool tf32_attention) {
-  std::printf("\n=== gemm %s, attention %s: %s, batch %lld x %lld tokens ===\n",
-              cuda_gemm_name(gemm), tf32_attention ? "tf32" : "f32", o.config.c_str(),
-              (long long)o.batch, (long long)o.seq);
+nlohmann::json run(const Options& o, CudaGemm gemm, CudaAttention attention, CudaGrouped grouped) {
+  std::printf("\n=== gemm %s, attention %s, grouped %s: %s, batch %lld x %lld tokens ===\n",
+              cuda_gemm_name(gemm), cuda_attention_name(attention), cuda_grouped_name(grouped),
+              o.config.c_str(), (long long)o.batch, (long long)o.seq);
   ModelConfig cfg = ModelConfig::load(o.config);
-  auto inner = make_cuda_backend(0, CudaBackendOptions{gemm, tf32_attention});
+  auto inner = make_cuda_backend(0, CudaBackendOptions{gemm, false, attention, grouped});
   bench::CudaTimingBackend be(*inner);
   const double ceiling = gemm_rate(be);
   std::printf("backend matmul 8192^3 (%s): %.1f TFLOP/s\n", cuda_gemm_name(gemm), ceiling * 1e-12);
@@ -173,7 +175,8 @@ nlohmann::json run(const Options& o, CudaGemm gemm, bool tf32_attention) {
 
   nlohmann::json j;
   j["gemm"] = cuda_gemm_name(gemm);
-  j["attention"] = tf32_attention ? "tf32" : "f32";
+  j["attention"] = cuda_attention_name(attention);
+  j["grouped"] = cuda_grouped_name(grouped);
   j["batch"] = o.batch;
   j["seq"] = o.seq;
   j["params_B"] = double(params) * 1e-9;
@@ -224,7 +227,7 @@ nlohmann::json run(const Options& o, CudaGemm gemm, bool tf32_attention) {
   std::printf(
       "\n%s GEMMs, %s attention: step %.3f s, %.0f tokens/s, %.1f TFLOP/s model FLOPs, MFU "
       "%.1f%% of 753, peak pool %.1f GiB (device %.1f GiB)\n",
-      cuda_gemm_name(gemm), tf32_attention ? "tf32" : "f32", dt, tokens / dt, flops / dt * 1e-12,
+      cuda_gemm_name(gemm), cuda_attention_name(attention), dt, tokens / dt, flops / dt * 1e-12,
       100.0 * flops / dt / kPeakFlops, bench::gib(peak), bench::gib(used));
   std::printf("RESULT %s\n", j.dump().c_str());
   std::fflush(stdout);
@@ -265,6 +268,16 @@ int main_impl(int argc, char** argv) {
         o.attentions.push_back(s.substr(p, q - p));
         p = q + 1;
       }
+    } else if (a == "--grouped") {
+      o.grouped.clear();
+      std::string s = next();
+      size_t p = 0;
+      while (p <= s.size()) {
+        size_t q = s.find(',', p);
+        if (q == std::string::npos) q = s.size();
+        o.grouped.push_back(s.substr(p, q - p));
+        p = q + 1;
+      }
     } else if (a == "--gemm") {
       o.gemms.clear();
       std::string s = next();
@@ -284,10 +297,9 @@ int main_impl(int argc, char** argv) {
   std::string why = cuda_unavailable_reason();
   SHOAL_CHECK(why.empty(), "no CUDA device: {}", why);
   for (const std::string& g : o.gemms)
-    for (const std::string& a : o.attentions) {
-      SHOAL_CHECK(a == "f32" || a == "tf32", "--attention takes f32 or tf32, not '{}'", a);
-      run(o, parse_cuda_gemm(g), a == "tf32");
-    }
+    for (const std::string& a : o.attentions)
+      for (const std::string& m : o.grouped)
+        run(o, parse_cuda_gemm(g), parse_cuda_attention(a), parse_cuda_grouped(m));
   return 0;
 }
 

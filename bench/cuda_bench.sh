@@ -51,23 +51,39 @@ train, dec = results("train"), results("decode")
 rows = []
 bt = base.get("train_tokens_per_s")
 for t in train:
-    rows.append((f"train step {t['batch']}x{t['seq']} ({t['gemm']} GEMMs, {t.get('attention', 'f32')} attention)", t["tokens_per_s"], bt,
+    rows.append((f"train step {t['batch']}x{t['seq']} ({t['gemm']} GEMMs, {t.get('attention', 'f32')} attention, {t.get('grouped', 'loop')} experts)", t["tokens_per_s"], bt,
                  f"MFU {100*t['mfu']:.1f}%, step {t['step_s']:.3f} s, peak {t['peak_pool_GiB']:.1f} GiB"))
 for d in dec:
     for b in (1, 32, 256):
         k = f"prefill_b{b}_tokens_per_s"
         if k in d:
             rows.append((f"prefill b{b} x {d['prompt']} ({d['gemm']} GEMMs, {d.get('attention', 'f32')} attention)", d[k],
-                         None, "forward only; no cached decode on CUDA yet"))
-for b in (1, 32, 256):
-    k = f"generate_b{b}_tokens_per_s"
-    if k in base:
-        rows.append((f"PyTorch generate b{b} (128 new after 256)", base[k], None, "decode"))
+                         None, "uncached forward only (PyTorch measures no prefill alone)"))
+for d in dec:
+    for b in (1, 32, 256):
+        k = f"generate_b{b}_tokens_per_s"
+        if k in d:
+            note = "greedy, prefill included"
+            if f"decode_step_b{b}_ms" in d:
+                note += (f"; decode step {d[f'decode_step_b{b}_ms']:.1f} ms, of which logits to host "
+                         f"{d[f'logits_copy_b{b}_ms']:.1f} ms")
+            rows.append((f"generate b{b} ({d.get('new_tokens', 128)} new after {d['prompt']}; {d['gemm']} GEMMs)",
+                         d[k], base.get(k), note))
+if not any(k.startswith("generate_b") for d in dec for k in d):
+    for b in (1, 32, 256):
+        k = f"generate_b{b}_tokens_per_s"
+        if k in base:
+            rows.append((f"PyTorch generate b{b} (128 new after 256)", base[k], None, "decode"))
 print("\n| measure | shoal tokens/s | PyTorch tokens/s | ratio | note |")
 print("|---|---|---|---|---|")
 for name, s, b, note in rows:
     ratio = f"{s/b:.3f}" if (b and s) else "-"
     print(f"| {name} | {s:,.0f} | {f'{b:,.0f}' if b else '-'} | {ratio} | {note} |")
+for d in dec:
+    bw = [(k, v) for k, v in d.items() if k.startswith("attn_b")]
+    if bw:
+        print(f"\ndecode attention kernel ({d['gemm']} run): " + ", ".join(
+            f"{k[6:-5]} {v:,.0f} GB/s ({100 * v / 4200:.0f}% of 4.2 TB/s)" for k, v in bw))
 if bt:
     print(f"\nPyTorch train: {bt:,.0f} tokens/s, step {base.get('train_step_s', 0):.3f} s, "
           f"peak {base.get('train_peak_GiB', 0):.1f} GiB (torch {base.get('torch')}, "

@@ -110,6 +110,18 @@ inline double causal_attention_flops(int64_t heads, int64_t dk, int64_t dv,
   return f;
 }
 
+// 2 m n k summed over the groups of a Backend::grouped_matmul call.
+inline double grouped_matmul_flops(const Tensor& a, bool ta, const Tensor& b, bool tb,
+                                   const std::vector<int64_t>& group_rows) {
+  double f = 0;
+  for (int64_t r : group_rows) {
+    const int64_t a0 = a.ndim() == 3 ? a.size(1) : r, a1 = a.size(-1);
+    const int64_t b0 = b.ndim() == 3 ? b.size(1) : r, b1 = b.size(-1);
+    f += 2.0 * double(ta ? a1 : a0) * double(ta ? a0 : a1) * double(tb ? b0 : b1);
+  }
+  return f;
+}
+
 class CudaTimingBackend final : public Backend {
  public:
   using Clock = std::chrono::steady_clock;
@@ -155,6 +167,11 @@ class CudaTimingBackend final : public Backend {
     record("matmul", dt, f);
     OpStat& s = gemms[GemmKey{m, n, k, ta, tb}];
     s.sec += dt, s.flops += f, ++s.calls;
+  }
+  void grouped_matmul(const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c,
+                      const std::vector<int64_t>& group_rows, float alpha, float beta) override {
+    timed("grouped_matmul", grouped_matmul_flops(a, ta, b, tb, group_rows),
+          [&] { be_.grouped_matmul(a, ta, b, tb, c, group_rows, alpha, beta); });
   }
   void add(Tensor& y, const Tensor& x, float alpha) override {
     timed("add", 0, [&] { be_.add(y, x, alpha); });
@@ -278,6 +295,17 @@ class CudaTimingBackend final : public Backend {
   }
   void scale_rows(Tensor& x, const Tensor& idx, const Tensor& w) override {
     timed("scale_rows", 0, [&] { be_.scale_rows(x, idx, w); });
+  }
+  void scatter_rows(const Tensor& src, const Tensor& idx, Tensor& dst) override {
+    timed("scatter_rows", 0, [&] { be_.scatter_rows(src, idx, dst); });
+  }
+  void latent_attention(const Tensor& q, const Tensor& pool, int64_t page_tokens,
+                        const Tensor& block_table, const Tensor& row_seq, const Tensor& row_len,
+                        int64_t max_len, const Tensor* key_idx, float scale, Tensor& out) override {
+    timed("latent_attention", 0, [&] {
+      be_.latent_attention(q, pool, page_tokens, block_table, row_seq, row_len, max_len, key_idx,
+                           scale, out);
+    });
   }
   void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
              const AdamWParams& p) override {

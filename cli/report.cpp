@@ -303,8 +303,7 @@ std::string checkpoints_and_events(actors::RunStore& store) {
         "</tr>";
     for (const auto& c : cps)
       out += "<tr>" + cell(c["gstep"]) + cell(c["stage"]) + cell(c["stage_step"]) +
-             cell(c["path"]) + cell(c.value("on_disk", true) ? "yes" : "removed (keep)") +
-             "</tr>";
+             cell(c["path"]) + cell(c.value("on_disk", true) ? "yes" : "removed (keep)") + "</tr>";
     out += "</table>";
   }
   json events = store.events();

@@ -54,6 +54,17 @@ class Backend {
   // strided, so head slices of a [N, H*d] activation are valid operands without a copy).
   virtual void matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b, Tensor& c,
                       float alpha = 1.0f, float beta = 0.0f) = 0;
+  // One matmul per group (the MoE experts' GEMMs, in one call so that a backend can run them
+  // together): c_g = alpha * op(a_g) @ op(b_g) + beta * c_g for g < group_rows.size(), where a 3-D
+  // operand [G, r, s] gives its matrix [g] and a 2-D operand its rows [o_g, o_g + group_rows[g])
+  // with o_g the sum of the earlier groups' rows (host counts; the 2-D operands have their sum).
+  // So per-expert x_g W_g^T is (x, false, W, true, y) and dW_g += dy_g^T x_g is
+  // (dy, true, x, false, dW, 1, 1). Operands as in matmul (f32, unit last stride); empty groups
+  // are allowed (a group with no rows along the contraction leaves beta * c_g). Same precision
+  // as matmul.
+  virtual void grouped_matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b,
+                              Tensor& c, const std::vector<int64_t>& group_rows, float alpha = 1.0f,
+                              float beta = 0.0f) = 0;
   // y += alpha * x; same shape; contiguous, or 1-3-D views with unit last stride.
   virtual void add(Tensor& y, const Tensor& x, float alpha = 1.0f) = 0;
   virtual void scale(Tensor& y, float s) = 0;
@@ -181,6 +192,23 @@ class Backend {
                                Tensor& out) = 0;
   // x[i] *= w[idx[i]] for rows.
   virtual void scale_rows(Tensor& x, const Tensor& idx, const Tensor& w) = 0;
+
+  // --- latent KV cache (absorbed MLA decoding) ---
+  // dst[idx[i]] = src[i] for rows (indices distinct); writes new latents into the cache pool.
+  virtual void scatter_rows(const Tensor& src, const Tensor& idx, Tensor& dst) = 0;
+  // Absorbed paged latent attention (REFERENCE.md §1): q [N, H, R+dr] (W_UK-folded q_nope ++ q_pe,
+  // last stride 1) attends, with one KV head shared by all heads, over its sequence's cached
+  // latents [c_kv (R); k_pe (dr)]. pool [slots, R+dr] contiguous, slot = page * page_tokens +
+  // pos % page_tokens; block_table i32 [S, P] the pages of each sequence by position / page_tokens
+  // (-1 unused); row_seq i32 [N] the sequence (row of block_table) of each query row; row_len i32
+  // [N]: row i attends to positions 0 .. row_len[i]-1, or, when key_idx (i32 [N, K], -1 = unused
+  // slot) is given, to the listed positions (each < row_len[i]). max_len >= every row_len (a host
+  // bound that sizes the work split). out [N, H, R] = sum_t softmax_t(scale * q . latent_t) c_kv_t,
+  // softmax in f32; a row with no key gives 0. Index tensors may be host or device tensors.
+  virtual void latent_attention(const Tensor& q, const Tensor& pool, int64_t page_tokens,
+                                const Tensor& block_table, const Tensor& row_seq,
+                                const Tensor& row_len, int64_t max_len, const Tensor* key_idx,
+                                float scale, Tensor& out) = 0;
 
   // --- optimizer ---
   // One AdamW step with decoupled weight decay; param/grad/m/v same shape, f32.

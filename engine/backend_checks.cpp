@@ -37,6 +37,41 @@ void cu_seqlens(const std::vector<int64_t>& cu, int64_t n, const char* what) {
     SHOAL_CHECK(cu[i] >= cu[i - 1], "{}: cu_seqlens must be non-decreasing", what);
 }
 
+std::vector<GemmGroup> grouped_matmul(const Tensor& a, const Tensor& b, const Tensor& c,
+                                      const std::vector<int64_t>& group_rows, Device device) {
+  const int64_t groups = int64_t(group_rows.size());
+  int64_t total = 0;
+  for (int64_t r : group_rows) {
+    SHOAL_CHECK(r >= 0, "grouped_matmul: negative group size {}", r);
+    total += r;
+  }
+  const Tensor* ops[3] = {&a, &b, &c};
+  const char* names[3] = {"grouped_matmul a", "grouped_matmul b", "grouped_matmul c"};
+  for (int i = 0; i < 3; ++i) {
+    const Tensor& t = *ops[i];
+    f32(t, device, names[i]);
+    SHOAL_CHECK((t.ndim() == 2 || t.ndim() == 3) && (t.stride(-1) == 1 || t.size(-1) <= 1),
+                "{}: expected a 2-D or 3-D tensor with unit last stride, got {} strides {}",
+                names[i], t.describe(), shape_str(t.strides()));
+    if (t.ndim() == 2)
+      SHOAL_CHECK(t.size(0) == total, "{}: {} rows, the groups hold {}", names[i], t.describe(),
+                  total);
+    else
+      SHOAL_CHECK(t.size(0) == groups, "{}: {} matrices for {} groups", names[i], t.describe(),
+                  groups);
+  }
+  std::vector<GemmGroup> out(static_cast<size_t>(groups));
+  int64_t off = 0;
+  for (int64_t g = 0; g < groups; ++g) {
+    const int64_t r = group_rows[size_t(g)];
+    Tensor* dst[3] = {&out[size_t(g)].a, &out[size_t(g)].b, &out[size_t(g)].c};
+    for (int i = 0; i < 3; ++i)
+      *dst[i] = ops[i]->ndim() == 3 ? ops[i]->select(0, g) : ops[i]->slice(0, off, off + r);
+    off += r;
+  }
+  return out;
+}
+
 int64_t packed_square_size(const std::vector<int64_t>& cu) {
   int64_t total = 0;
   for (size_t s = 0; s + 1 < cu.size(); ++s) total += (cu[s + 1] - cu[s]) * (cu[s + 1] - cu[s]);
@@ -100,6 +135,36 @@ void indexer(const Tensor& q, const Tensor& k, const Tensor& w, const std::vecto
                   w.size(0) == n && w.size(1) == q.size(1),
               "indexer shapes: q {} k {} w {}", q.describe(), k.describe(), w.describe());
   cu_seqlens(cu, n, "indexer");
+}
+
+void latent_attention(const Tensor& q, const Tensor& pool, int64_t page_tokens,
+                      const Tensor& block_table, const Tensor& row_seq, const Tensor& row_len,
+                      const Tensor* key_idx, const Tensor& out, Device device) {
+  f32(q, device, "latent_attention q");
+  contig_f32(pool, device, "latent_attention pool");
+  f32(out, device, "latent_attention out");
+  SHOAL_CHECK(q.ndim() == 3 && q.stride(2) == 1 && pool.ndim() == 2 && pool.size(1) == q.size(2) &&
+                  out.ndim() == 3 && out.stride(2) == 1 && out.size(0) == q.size(0) &&
+                  out.size(1) == q.size(1) && out.size(2) > 0 && out.size(2) <= q.size(2),
+              "latent_attention shapes: q {} pool {} out {}", q.describe(), pool.describe(),
+              out.describe());
+  SHOAL_CHECK(page_tokens > 0, "latent_attention: {} tokens per page", page_tokens);
+  auto idx = [&](const Tensor& t, int ndim, const char* what) {
+    SHOAL_CHECK(t.defined() && t.dtype() == DType::i32 && t.ndim() == ndim && t.is_contiguous(),
+                "latent_attention: {} must be contiguous i32 of {} dims, got {}", what, ndim,
+                t.defined() ? t.describe() : std::string("undefined"));
+  };
+  idx(block_table, 2, "block_table");
+  idx(row_seq, 1, "row_seq");
+  idx(row_len, 1, "row_len");
+  SHOAL_CHECK(row_seq.size(0) == q.size(0) && row_len.size(0) == q.size(0),
+              "latent_attention: row_seq {} / row_len {} for {} rows", row_seq.describe(),
+              row_len.describe(), q.size(0));
+  if (key_idx) {
+    idx(*key_idx, 2, "key_idx");
+    SHOAL_CHECK(key_idx->size(0) == q.size(0), "latent_attention: key_idx {} for {} rows",
+                key_idx->describe(), q.size(0));
+  }
 }
 
 }  // namespace shoal::backend_checks

@@ -19,6 +19,16 @@ void cu_seqlens(const std::vector<int64_t>& cu, int64_t n, const char* what);
 // Sum over sequences of L^2: the size of the packed per-sequence [L, L] blocks.
 int64_t packed_square_size(const std::vector<int64_t>& cu);
 
+// Backend::grouped_matmul's per-group operands: for a 3-D operand its matrix [g], for a 2-D one
+// its rows of group g. Checks f32 on `device`, 2-D or 3-D with unit last stride, non-negative
+// counts, sum(group_rows) rows for 2-D operands and group_rows.size() matrices for 3-D ones (each
+// product's shapes are matmul's to check).
+struct GemmGroup {
+  Tensor a, b, c;
+};
+std::vector<GemmGroup> grouped_matmul(const Tensor& a, const Tensor& b, const Tensor& c,
+                                      const std::vector<int64_t>& group_rows, Device device);
+
 void rmsnorm(const Tensor& x, const Tensor& w, const Tensor& y, const Tensor& rstd, Device device);
 void layernorm(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& y,
                const Tensor& mean, const Tensor& rstd, Device device);
@@ -28,5 +38,11 @@ void attention(const Tensor& q, const Tensor& k, const Tensor& v, const std::vec
 void sparse_layout(const Tensor& idx, int64_t n);
 void indexer(const Tensor& q, const Tensor& k, const Tensor& w, const std::vector<int64_t>& cu,
              Device device);
+// Backend::latent_attention's layouts: q [N, H, R+dr] (unit last stride), pool [slots, R+dr]
+// contiguous, out [N, H, R], i32 contiguous block_table [S, P], row_seq and row_len [N], key_idx
+// [N, K]; page_tokens > 0. Index values are checked by the backend.
+void latent_attention(const Tensor& q, const Tensor& pool, int64_t page_tokens,
+                      const Tensor& block_table, const Tensor& row_seq, const Tensor& row_len,
+                      const Tensor* key_idx, const Tensor& out, Device device);
 
 }  // namespace shoal::backend_checks

@@ -70,6 +70,13 @@ class CpuBackend final : public Backend {
                 int(row_stride(b)), beta, c.f32(), int(row_stride(c)));
   }
 
+  // The reference: one matmul per group.
+  void grouped_matmul(const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c,
+                      const std::vector<int64_t>& group_rows, float alpha, float beta) override {
+    for (auto& g : backend_checks::grouped_matmul(a, b, c, group_rows, Device::cpu))
+      matmul(g.a, ta, g.b, tb, g.c, alpha, beta);
+  }
+
   void add(Tensor& y, const Tensor& x, float alpha) override {
     check_f32(y, "add y");
     check_f32(x, "add x");
@@ -1103,6 +1110,83 @@ class CpuBackend final : public Backend {
       float wi = w.f32()[pi[i]];
       float* r = x.f32() + i * row_stride(x);
       for (int64_t j = 0; j < d; ++j) r[j] *= wi;
+    }
+  }
+
+  void scatter_rows(const Tensor& src, const Tensor& idx, Tensor& dst) override {
+    check_rows(src, "scatter_rows src");
+    check_rows(dst, "scatter_rows dst");
+    SHOAL_CHECK(idx.dtype() == DType::i32 && idx.is_contiguous() && idx.numel() == src.size(0) &&
+                    dst.size(1) == src.size(1),
+                "scatter_rows: src {} idx {} dst {}", src.describe(), idx.describe(),
+                dst.describe());
+    const int32_t* pi = idx.i32();
+    int64_t m = src.size(0), d = src.size(1);
+    for (int64_t i = 0; i < m; ++i)
+      SHOAL_CHECK(pi[i] >= 0 && pi[i] < dst.size(0), "scatter_rows: index {} out of range", pi[i]);
+    for (int64_t i = 0; i < m; ++i)
+      std::memcpy(dst.f32() + pi[i] * row_stride(dst), src.f32() + i * row_stride(src),
+                  size_t(d) * 4);
+  }
+
+  // The reference: scores and sums in f64, one row and head at a time.
+  void latent_attention(const Tensor& q, const Tensor& pool, int64_t page_tokens,
+                        const Tensor& block_table, const Tensor& row_seq, const Tensor& row_len,
+                        int64_t max_len, const Tensor* key_idx, float scale, Tensor& out) override {
+    backend_checks::latent_attention(q, pool, page_tokens, block_table, row_seq, row_len, key_idx,
+                                     out, Device::cpu);
+    const int64_t n = q.size(0), h = q.size(1), dim = q.size(2), r = out.size(2);
+    const int64_t np = block_table.size(1), ns = block_table.size(0), slots = pool.size(0);
+    const int64_t kk = key_idx ? key_idx->size(1) : 0;
+    const int32_t *bt = block_table.i32(), *rs = row_seq.i32(), *rl = row_len.i32();
+    const float* lat = pool.f32();
+    std::vector<std::vector<const float*>> rows(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) {
+      SHOAL_CHECK(rs[i] >= 0 && rs[i] < ns, "latent_attention: row {} names sequence {} of {}", i,
+                  rs[i], ns);
+      SHOAL_CHECK(rl[i] >= 0 && rl[i] <= max_len && rl[i] <= np * page_tokens,
+                  "latent_attention: row {} length {} (bound {}, {} pages of {})", i, rl[i],
+                  max_len, np, page_tokens);
+      auto add = [&](int64_t t) {
+        int64_t page = bt[rs[i] * np + t / page_tokens];
+        int64_t slot = page * page_tokens + t % page_tokens;
+        SHOAL_CHECK(page >= 0 && slot < slots,
+                    "latent_attention: row {} position {} is on page {} (pool of {} slots)", i, t,
+                    page, slots);
+        rows[size_t(i)].push_back(lat + slot * dim);
+      };
+      if (key_idx) {
+        for (int64_t j = 0; j < kk; ++j) {
+          int32_t t = key_idx->i32()[i * kk + j];
+          SHOAL_CHECK(t >= -1 && t < rl[i], "latent_attention: row {} key {} outside [0, {})", i, t,
+                      rl[i]);
+          if (t >= 0) add(t);
+        }
+      } else {
+        for (int64_t t = 0; t < rl[i]; ++t) add(t);
+      }
+    }
+#pragma omp parallel for schedule(dynamic)
+    for (int64_t i = 0; i < n; ++i) {
+      const std::vector<const float*>& keys = rows[size_t(i)];
+      std::vector<double> sc(keys.size()), acc(static_cast<size_t>(r));
+      for (int64_t hh = 0; hh < h; ++hh) {
+        const float* qh = q.f32() + i * q.stride(0) + hh * q.stride(1);
+        double mx = -INFINITY;
+        for (size_t j = 0; j < keys.size(); ++j) {
+          double dot = 0;
+          for (int64_t c = 0; c < dim; ++c) dot += double(qh[c]) * keys[j][c];
+          sc[j] = dot * scale;
+          mx = std::max(mx, sc[j]);
+        }
+        double z = 0;
+        for (double& v : sc) z += v = std::exp(v - mx);
+        std::fill(acc.begin(), acc.end(), 0.0);
+        for (size_t j = 0; j < keys.size(); ++j)
+          for (int64_t c = 0; c < r; ++c) acc[size_t(c)] += sc[j] * keys[j][c];
+        float* o = out.f32() + i * out.stride(0) + hh * out.stride(1);
+        for (int64_t c = 0; c < r; ++c) o[c] = keys.empty() ? 0.0f : float(acc[size_t(c)] / z);
+      }
     }
   }
 

@@ -15,7 +15,9 @@
 #include "engine/cuda/cuda_check.h"
 #include "engine/cuda/cuda_context.h"
 #include "kernels/attention/attention.h"
+#include "kernels/attention/latent_decode.h"
 #include "kernels/elementwise/elementwise.h"
+#include "kernels/gemm/bf16_rows.h"
 #include "kernels/indexer/indexer.h"
 #include "kernels/indexer/topk_select.h"
 #include "kernels/loss/loss.h"
@@ -86,6 +88,16 @@ class CudaBackend final : public Backend {
  public:
   CudaBackend(int device, const CudaBackendOptions& options)
       : ctx_(cuda::context(device)), opt_(options) {}
+  ~CudaBackend() override {
+    // Nothing queued on the lanes outlives a grouped_matmul call (it joins them), so destroying
+    // them cannot cut work short; errors here cannot be reported from a destructor.
+    for (GemmLane& l : lanes_) {
+      cublasDestroy(l.cublas);
+      cudaEventDestroy(l.done);
+      cudaStreamDestroy(l.stream);
+    }
+    if (fork_) cudaEventDestroy(fork_);
+  }
 
   Device device() const override { return Device::cuda; }
   Allocator& allocator() override { return *ctx_.allocator; }
@@ -197,6 +209,99 @@ class CudaBackend final : public Backend {
                                    ta ? CUBLAS_OP_T : CUBLAS_OP_N, int(n), int(m), int(k), &alpha,
                                    b.f32(), int(row_stride(b)), a.f32(), int(row_stride(a)), &beta,
                                    c.f32(), int(row_stride(c))));
+  }
+
+  // CudaGrouped picks the path. loop: matmul per group. streams (bf16): each operand rounded once
+  // into a contiguous bf16 copy, then the groups' GEMMs (bf16 in, f32 accumulate and out) on
+  // kLanes streams at once, since the MoE experts' GEMMs (~1,500 x 512 x 2,048) are too small to
+  // fill the GPU one by one. batched: one cuBLAS grouped call, TF32 operands. Note that matmul's
+  // FAST_16BF mode errs like TF32 on f32 operands (tests/cuda/test_grouped_matmul.cpp prints it),
+  // so streams is the only path here whose operands really are bf16. In the moe-2b step neither
+  // grouped path beat loop (docs/PERFORMANCE.md); loop is the default.
+  void grouped_matmul(const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c,
+                      const std::vector<int64_t>& group_rows, float alpha, float beta) override {
+    std::vector<backend_checks::GemmGroup> groups =
+        backend_checks::grouped_matmul(a, b, c, group_rows, Device::cuda);
+    const bool streams = opt_.grouped == CudaGrouped::streams && opt_.gemm == CudaGemm::bf16;
+    const bool batched = opt_.grouped == CudaGrouped::batched && opt_.gemm != CudaGemm::f32;
+    if (!streams && !batched) {
+      for (auto& g : groups) matmul(g.a, ta, g.b, tb, g.c, alpha, beta);
+      return;
+    }
+    struct Job {
+      size_t group;
+      int64_t m, n, k;
+    };
+    std::vector<Job> jobs;
+    for (size_t g = 0; g < groups.size(); ++g) {
+      check_rows(groups[g].c, "grouped_matmul c");
+      const auto [m, n, k] = gemm_dims(groups[g].a, ta, groups[g].b, tb, groups[g].c);
+      if (m == 0 || n == 0) continue;
+      if (k == 0) {
+        matmul(groups[g].a, ta, groups[g].b, tb, groups[g].c, alpha, beta);  // c = beta * c
+        continue;
+      }
+      jobs.push_back({g, m, n, k});
+    }
+    if (jobs.empty()) return;
+    if (batched) {
+      // One group of one product per job; the pointer arrays live on the device.
+      const size_t nj = jobs.size();
+      std::vector<cublasOperation_t> op_a(nj, tb ? CUBLAS_OP_T : CUBLAS_OP_N),
+          op_b(nj, ta ? CUBLAS_OP_T : CUBLAS_OP_N);
+      std::vector<int> m(nj), n(nj), k(nj), lda(nj), ldb(nj), ldc(nj), ones(nj, 1);
+      std::vector<float> alphas(nj, alpha), betas(nj, beta);
+      Tensor ptrs = Tensor::empty({int64_t(3 * nj)}, DType::i64);
+      for (size_t i = 0; i < nj; ++i) {
+        const backend_checks::GemmGroup& g = groups[jobs[i].group];
+        // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T, as in matmul.
+        m[i] = int(jobs[i].n), n[i] = int(jobs[i].m), k[i] = int(jobs[i].k);
+        lda[i] = int(row_stride(g.b)), ldb[i] = int(row_stride(g.a)), ldc[i] = int(row_stride(g.c));
+        ptrs.i64()[i] = int64_t(reinterpret_cast<uintptr_t>(g.b.raw()));
+        ptrs.i64()[nj + i] = int64_t(reinterpret_cast<uintptr_t>(g.a.raw()));
+        ptrs.i64()[2 * nj + i] = int64_t(reinterpret_cast<uintptr_t>(g.c.raw()));
+      }
+      const Tensor dptrs = from_host(ptrs);
+      auto* p = static_cast<void**>(dptrs.raw());
+      SHOAL_CUBLAS_CHECK(cublasGemmGroupedBatchedEx(
+          ctx_.cublas, op_a.data(), op_b.data(), m.data(), n.data(), k.data(), alphas.data(),
+          const_cast<const void* const*>(p), CUDA_R_32F, lda.data(),
+          const_cast<const void* const*>(p + nj), CUDA_R_32F, ldb.data(), betas.data(), p + 2 * nj,
+          CUDA_R_32F, ldc.data(), int(nj), ones.data(), CUBLAS_COMPUTE_32F_FAST_TF32));
+      return;
+    }
+    const Tensor a16 = to_bf16(a), b16 = to_bf16(b);
+    // Group g's matrix of a bf16 copy: as backend_checks::grouped_matmul slices the f32 operand.
+    std::vector<int64_t> offsets(group_rows.size() + 1, 0);
+    for (size_t g = 0; g < group_rows.size(); ++g) offsets[g + 1] = offsets[g] + group_rows[g];
+    auto part = [&](const Tensor& t16, size_t g) {
+      return t16.ndim() == 3 ? t16.select(0, int64_t(g)) : t16.slice(0, offsets[g], offsets[g + 1]);
+    };
+    ensure_lanes();
+    SHOAL_CUDA_CHECK(cudaEventRecord(fork_, stream()));
+    for (GemmLane& l : lanes_) SHOAL_CUDA_CHECK(cudaStreamWaitEvent(l.stream, fork_, 0));
+    // Largest first, each to the lane with the least work so far.
+    std::sort(jobs.begin(), jobs.end(), [](const Job& x, const Job& y) {
+      return double(x.m) * double(x.n) * double(x.k) > double(y.m) * double(y.n) * double(y.k);
+    });
+    double load[kLanes] = {};
+    for (const Job& j : jobs) {
+      const int lane = int(std::min_element(load, load + kLanes) - load);
+      load[lane] += double(j.m) * double(j.n) * double(j.k);
+      const Tensor ag = part(a16, j.group), bg = part(b16, j.group);
+      Tensor& cg = groups[j.group].c;
+      // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T, as in matmul.
+      SHOAL_CUBLAS_CHECK(cublasGemmEx(
+          lanes_[size_t(lane)].cublas, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
+          ta ? CUBLAS_OP_T : CUBLAS_OP_N, int(j.n), int(j.m), int(j.k), &alpha, bg.raw(),
+          CUDA_R_16BF, int(row_stride(bg)), ag.raw(), CUDA_R_16BF, int(row_stride(ag)), &beta,
+          cg.f32(), CUDA_R_32F, int(row_stride(cg)), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
+    // Join before returning: a16 and b16 are freed (stream-ordered) on the main stream.
+    for (GemmLane& l : lanes_) {
+      SHOAL_CUDA_CHECK(cudaEventRecord(l.done, l.stream));
+      SHOAL_CUDA_CHECK(cudaStreamWaitEvent(stream(), l.done, 0));
+    }
   }
 
   void add(Tensor& y, const Tensor& x, float alpha) override {
@@ -384,7 +489,12 @@ class CudaBackend final : public Backend {
       p.topk = sparse.size(1);
     }
     p.scale = scale;
-    p.tf32 = opt_.tf32_attention;
+    const CudaAttention att = opt_.attention == CudaAttention::f32 && opt_.tf32_attention
+                                  ? CudaAttention::tf32
+                                  : opt_.attention;
+    p.precision = att == CudaAttention::tf32   ? kernels::AttentionPrecision::tf32
+                  : att == CudaAttention::bf16 ? kernels::AttentionPrecision::bf16
+                                               : kernels::AttentionPrecision::f32;
     p.status = ctx_.status;
     p.op = op_id(op);
     return p;
@@ -1037,6 +1147,85 @@ class CudaBackend final : public Backend {
     SHOAL_CUDA_CHECK(kernels::scale_rows_cuda(p, stream()));
   }
 
+  // ---------------------------------------------------------------- latent KV cache
+
+  void scatter_rows(const Tensor& src, const Tensor& idx, Tensor& dst) override {
+    check_rows(src, "scatter_rows src");
+    check_rows(dst, "scatter_rows dst");
+    SHOAL_CHECK(idx.dtype() == DType::i32 && idx.is_contiguous() && idx.numel() == src.size(0) &&
+                    dst.size(1) == src.size(1),
+                "scatter_rows: src {} idx {} dst {}", src.describe(), idx.describe(),
+                dst.describe());
+    Tensor di = on_device(idx, "scatter_rows idx");
+    kernels::RowOpParams p;
+    p.src = src.f32();
+    p.src_ld = row_stride(src);
+    p.dst = dst.f32();
+    p.dst_ld = row_stride(dst);
+    p.dst_rows = dst.size(0);
+    p.cols = src.size(1);
+    p.idx = di.numel() ? di.i32() : nullptr;
+    p.n_idx = di.numel();
+    p.status = ctx_.status;
+    p.op = op_id(FaultOp::scatter_rows);
+    SHOAL_CUDA_CHECK(kernels::scatter_rows_cuda(p, stream()));
+  }
+
+  void latent_attention(const Tensor& q, const Tensor& pool, int64_t page_tokens,
+                        const Tensor& block_table, const Tensor& row_seq, const Tensor& row_len,
+                        int64_t max_len, const Tensor* key_idx, float scale, Tensor& out) override {
+    backend_checks::latent_attention(q, pool, page_tokens, block_table, row_seq, row_len, key_idx,
+                                     out, Device::cuda);
+    const int64_t dim = q.size(2), rank = out.size(2);
+    SHOAL_CHECK(kernels::latent_attention_supported(dim, rank),
+                "latent_attention: the CUDA kernel takes latent rank <= 512 and dim <= 1024, both "
+                "multiples of 4; got rank {} dim {}",
+                rank, dim);
+    SHOAL_CHECK(q.stride(0) % 4 == 0 && q.stride(1) % 4 == 0 && out.stride(0) % 4 == 0 &&
+                    out.stride(1) % 4 == 0,
+                "latent_attention: q {} / out {} strides must be multiples of 4", q.describe(),
+                out.describe());
+    Tensor bt = on_device(block_table, "latent_attention block_table");
+    Tensor rs = on_device(row_seq, "latent_attention row_seq");
+    Tensor rl = on_device(row_len, "latent_attention row_len");
+    Tensor ki = key_idx ? on_device(*key_idx, "latent_attention key_idx") : Tensor();
+    kernels::LatentAttentionParams p;
+    p.q = q.f32();
+    p.q_sn = q.stride(0);
+    p.q_sh = q.stride(1);
+    p.pool = pool.f32();
+    p.slots = pool.size(0);
+    p.block_table = bt.i32();
+    p.n_seqs = bt.size(0);
+    p.max_pages = bt.size(1);
+    p.page_tokens = page_tokens;
+    p.row_seq = rs.i32();
+    p.row_len = rl.i32();
+    p.key_idx = key_idx ? ki.i32() : nullptr;
+    p.topk = key_idx ? ki.size(1) : 0;
+    p.max_len = max_len;
+    p.out = out.f32();
+    p.o_sn = out.stride(0);
+    p.o_sh = out.stride(1);
+    p.n = q.size(0);
+    p.heads = q.size(1);
+    p.dim = dim;
+    p.rank = rank;
+    p.scale = scale;
+    p.status = ctx_.status;
+    p.op = op_id(FaultOp::latent_attention);
+    if (p.n == 0 || p.heads == 0) return;
+    SHOAL_CHECK(p.n_seqs > 0 && p.max_pages > 0, "latent_attention: empty block table {}",
+                bt.describe());
+    Tensor work;
+    const int64_t need = kernels::latent_attention_plan(p);
+    if (need > 0) {
+      work = empty({need});
+      p.work = work.f32();
+    }
+    SHOAL_CUDA_CHECK(kernels::latent_attention_cuda(p, stream()));
+  }
+
   // ---------------------------------------------------------------- optimizer
 
   void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
@@ -1067,6 +1256,61 @@ class CudaBackend final : public Backend {
 
  private:
   cudaStream_t stream() const { return ctx_.stream; }
+
+  struct GemmDims {
+    int64_t m, n, k;
+  };
+  static GemmDims gemm_dims(const Tensor& a, bool ta, const Tensor& b, bool tb, const Tensor& c) {
+    const int64_t m = ta ? a.size(1) : a.size(0), k = ta ? a.size(0) : a.size(1);
+    const int64_t kb = tb ? b.size(1) : b.size(0), n = tb ? b.size(0) : b.size(1);
+    SHOAL_CHECK(k == kb && c.size(0) == m && c.size(1) == n, "matmul shapes: {}{} x {}{} -> {}",
+                a.describe(), ta ? "^T" : "", b.describe(), tb ? "^T" : "", c.describe());
+    SHOAL_CHECK(m <= INT32_MAX && n <= INT32_MAX && k <= INT32_MAX, "matmul: dims exceed int32");
+    return {m, n, k};
+  }
+
+  // A contiguous bf16 copy of an f32 operand (2-D or 3-D, unit last stride), rounded to nearest.
+  Tensor to_bf16(const Tensor& t) {
+    Tensor out = empty(t.shape(), DType::bf16);
+    const int64_t cols = t.size(-1), ld = std::max(t.stride(-2), cols);
+    const bool flat = t.ndim() == 2 || t.size(0) <= 1 || t.stride(0) == t.size(1) * ld;
+    if (!flat || cols <= 1) {
+      copy(t, out);  // the general strided conversion (same rounding)
+      return out;
+    }
+    kernels::Bf16RowsParams p;
+    p.src = t.f32();
+    p.dst = static_cast<uint16_t*>(out.raw());
+    p.cols = cols;
+    p.rows = t.numel() / cols;
+    p.src_stride = ld;
+    SHOAL_CUDA_CHECK(kernels::f32_rows_to_bf16_cuda(p, stream()));
+    return out;
+  }
+
+  // Streams (each with its own cuBLAS handle, so that workspaces are not shared) that
+  // grouped_matmul forks its GEMMs onto; created on first use.
+  static constexpr int kLanes = 4;
+  struct GemmLane {
+    cudaStream_t stream = nullptr;
+    cublasHandle_t cublas = nullptr;
+    cudaEvent_t done = nullptr;
+  };
+  void ensure_lanes() {
+    if (!lanes_.empty()) return;
+    SHOAL_CUDA_CHECK(cudaEventCreateWithFlags(&fork_, cudaEventDisableTiming));
+    for (int i = 0; i < kLanes; ++i) {
+      GemmLane l;
+      SHOAL_CUDA_CHECK(cudaStreamCreateWithFlags(&l.stream, cudaStreamNonBlocking));
+      SHOAL_CUDA_CHECK(cudaEventCreateWithFlags(&l.done, cudaEventDisableTiming));
+      SHOAL_CUBLAS_CHECK(cublasCreate(&l.cublas));
+      SHOAL_CUBLAS_CHECK(cublasSetStream(l.cublas, l.stream));
+      SHOAL_CUBLAS_CHECK(cublasSetMathMode(l.cublas, CUBLAS_DEFAULT_MATH));
+      lanes_.push_back(l);
+    }
+  }
+  std::vector<GemmLane> lanes_;
+  cudaEvent_t fork_ = nullptr;
 
   // Host -> device bytes of a contiguous host tensor (ordered on the stream; the runtime stages
   // pageable memory before returning, so `h` may be freed afterwards).
@@ -1105,6 +1349,24 @@ class CudaBackend final : public Backend {
 
 }  // namespace
 
+const char* cuda_grouped_name(CudaGrouped g) {
+  switch (g) {
+    case CudaGrouped::loop:
+      return "loop";
+    case CudaGrouped::streams:
+      return "streams";
+    case CudaGrouped::batched:
+      return "batched";
+  }
+  return "?";
+}
+
+CudaGrouped parse_cuda_grouped(const std::string& name) {
+  for (CudaGrouped g : {CudaGrouped::loop, CudaGrouped::streams, CudaGrouped::batched})
+    if (name == cuda_grouped_name(g)) return g;
+  SHOAL_FAIL("unknown grouped GEMM mode '{}' (loop, streams or batched)", name);
+}
+
 const char* cuda_gemm_name(CudaGemm g) {
   switch (g) {
     case CudaGemm::f32:
@@ -1121,6 +1383,24 @@ CudaGemm parse_cuda_gemm(const std::string& name) {
   for (CudaGemm g : {CudaGemm::f32, CudaGemm::tf32, CudaGemm::bf16})
     if (name == cuda_gemm_name(g)) return g;
   SHOAL_FAIL("unknown CUDA GEMM precision '{}' (f32, tf32 or bf16)", name);
+}
+
+const char* cuda_attention_name(CudaAttention a) {
+  switch (a) {
+    case CudaAttention::f32:
+      return "f32";
+    case CudaAttention::tf32:
+      return "tf32";
+    case CudaAttention::bf16:
+      return "bf16";
+  }
+  return "?";
+}
+
+CudaAttention parse_cuda_attention(const std::string& name) {
+  for (CudaAttention a : {CudaAttention::f32, CudaAttention::tf32, CudaAttention::bf16})
+    if (name == cuda_attention_name(a)) return a;
+  SHOAL_FAIL("unknown CUDA attention precision '{}' (f32, tf32 or bf16)", name);
 }
 
 std::unique_ptr<Backend> make_cuda_backend(int device, const CudaBackendOptions& options) {

@@ -20,11 +20,29 @@ enum class CudaGemm { f32, tf32, bf16 };
 const char* cuda_gemm_name(CudaGemm g);
 CudaGemm parse_cuda_gemm(const std::string& name);  // "f32", "tf32", "bf16"; throws otherwise
 
+// How dense attention with dk <= 192, dv <= 128 multiplies. f32: the tiled f32 kernels (the CPU
+// backend's precision; what the f32 tests check). tf32 / bf16: on the tensor cores with operands
+// rounded to TF32 (WMMA) or bf16 (mma.sync, one-pass forward); f32 accumulation and softmax.
+enum class CudaAttention { f32, tf32, bf16 };
+const char* cuda_attention_name(CudaAttention a);
+CudaAttention parse_cuda_attention(const std::string& name);  // "f32", "tf32", "bf16"; throws
+
+// How grouped_matmul runs when gemm is tf32 or bf16 (with f32 GEMMs it is always one matmul per
+// group). loop: one matmul per group, as the MoE layer ran before grouped_matmul. streams (bf16
+// only): the operands rounded once into bf16 copies, the groups' GEMMs spread over 4 streams.
+// batched: one cublasGemmGroupedBatchedEx call with TF32 operands (f32 in and out; cuBLAS has
+// no grouped kernel with bf16 operands and f32 output), in bf16 mode too (TF32 is the finer
+// rounding).
+enum class CudaGrouped { loop, streams, batched };
+const char* cuda_grouped_name(CudaGrouped g);
+CudaGrouped parse_cuda_grouped(const std::string& name);  // "loop", "streams", "batched"
+
 struct CudaBackendOptions {
   CudaGemm gemm = CudaGemm::f32;
-  // Dense attention with dk <= 192, dv <= 128 on the tensor cores with operands rounded to TF32
-  // (f32 accumulation and softmax) instead of the f32 tiled kernels.
+  // The older spelling of attention = tf32: true selects TF32 when `attention` is left at f32.
   bool tf32_attention = false;
+  CudaAttention attention = CudaAttention::f32;
+  CudaGrouped grouped = CudaGrouped::loop;
 };
 
 // The backend on CUDA device `device` (its own stream, cuBLAS handle and allocator, shared by all

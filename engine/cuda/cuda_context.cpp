@@ -125,7 +125,9 @@ const char* fault_op_name(int32_t op) {
                                 "gather_rows",
                                 "scatter_add_rows",
                                 "row_dot_scatter",
-                                "scale_rows"};
+                                "scale_rows",
+                                "scatter_rows",
+                                "latent_attention"};
   return op >= 0 && op < int32_t(std::size(names)) ? names[op] : "unknown op";
 }
 

@@ -60,6 +60,8 @@ enum class FaultOp : int32_t {
   scatter_add_rows,
   row_dot_scatter,
   scale_rows,
+  scatter_rows,
+  latent_attention,
 };
 const char* fault_op_name(int32_t op);
 

@@ -6,14 +6,20 @@
 
 namespace shoal {
 
-LatentKvCache::LatentKvCache(const ModelConfig& c, const KvCacheConfig& cfg)
-    : layers_(c.num_hidden_layers),
+LatentKvCache::LatentKvCache(const ModelConfig& c, const KvCacheConfig& cfg, Backend* be)
+    : be_(be && be->device() != Device::cpu ? be : nullptr),
+      layers_(c.num_hidden_layers),
       dim_(c.kv_lora_rank + c.qk_rope_head_dim),
       idim_(c.is_v32() ? c.index_head_dim : 0),
       page_tokens_(cfg.page_tokens) {
   SHOAL_CHECK(cfg.page_tokens > 0 && cfg.pages > 0, "kv cache: {} pages of {} tokens is invalid",
               cfg.pages, cfg.page_tokens);
   for (int64_t l = 0; l < layers_; ++l) {
+    if (be_) {
+      pool_.push_back(be_->zeros({cfg.pages, cfg.page_tokens, dim_}));
+      if (idim_ > 0) ipool_.push_back(be_->zeros({cfg.pages, cfg.page_tokens, idim_}));
+      continue;
+    }
     pool_.push_back(Tensor::zeros({cfg.pages, cfg.page_tokens, dim_}, DType::f32));
     if (idim_ > 0) ipool_.push_back(Tensor::zeros({cfg.pages, cfg.page_tokens, idim_}, DType::f32));
   }
@@ -104,7 +110,15 @@ void LatentKvCache::reserve(int64_t s, int64_t n) {
     int32_t& page = q.pages[size_t(pi)];
     if (refs_[size_t(page)] <= 1) continue;
     int32_t copy = take_page();
-    for (int64_t l = 0; l < layers_; ++l) {
+    for (int64_t l = 0; be_ && l < layers_; ++l) {  // device pools: page copies on the device
+      Tensor to = pool_[size_t(l)].select(0, copy);
+      be_->copy(pool_[size_t(l)].select(0, page), to);
+      if (idim_ > 0) {
+        Tensor ito = ipool_[size_t(l)].select(0, copy);
+        be_->copy(ipool_[size_t(l)].select(0, page), ito);
+      }
+    }
+    for (int64_t l = 0; !be_ && l < layers_; ++l) {
       float* base = pool_[size_t(l)].f32();
       std::copy_n(base + int64_t(page) * page_tokens_ * dim_, page_tokens_ * dim_,
                   base + int64_t(copy) * page_tokens_ * dim_);
@@ -143,21 +157,41 @@ int64_t LatentKvCache::slot(const Seq& q, int64_t pos) const {
   return int64_t(q.pages[size_t(pos / page_tokens_)]) * page_tokens_ + pos % page_tokens_;
 }
 
+void LatentKvCache::check_host(const char* what) const {
+  SHOAL_CHECK(!be_, "kv cache: {} gives host pointers, and this cache's pools are on the {} device",
+              what, device_name(be_->device()));
+}
+
+Tensor LatentKvCache::latent_pool(int64_t layer) const {
+  const Tensor& t = pool_.at(size_t(layer));
+  return t.view({t.size(0) * page_tokens_, dim_});
+}
+
+Tensor LatentKvCache::indexer_pool(int64_t layer) const {
+  SHOAL_CHECK(idim_ > 0, "kv cache: this model has no DSA indexer keys");
+  const Tensor& t = ipool_.at(size_t(layer));
+  return t.view({t.size(0) * page_tokens_, idim_});
+}
+
 float* LatentKvCache::latent(int64_t layer, int64_t s, int64_t pos) {
+  check_host("latent()");
   return pool_[size_t(layer)].f32() + slot(seq(s), pos) * dim_;
 }
 
 const float* LatentKvCache::latent(int64_t layer, int64_t s, int64_t pos) const {
+  check_host("latent()");
   return pool_[size_t(layer)].f32() + slot(seq(s), pos) * dim_;
 }
 
 float* LatentKvCache::indexer_key(int64_t layer, int64_t s, int64_t pos) {
   SHOAL_CHECK(idim_ > 0, "kv cache: this model has no DSA indexer keys");
+  check_host("indexer_key()");
   return ipool_[size_t(layer)].f32() + slot(seq(s), pos) * idim_;
 }
 
 const float* LatentKvCache::indexer_key(int64_t layer, int64_t s, int64_t pos) const {
   SHOAL_CHECK(idim_ > 0, "kv cache: this model has no DSA indexer keys");
+  check_host("indexer_key()");
   return ipool_[size_t(layer)].f32() + slot(seq(s), pos) * idim_;
 }
 

@@ -5,7 +5,9 @@
 // sequences can share a prefix (fork); a shared, partly filled last page is copied before the
 // first write past the shared length (copy-on-write). It also keeps each sequence's token ids and,
 // for DSA, the score rows whose top-k selection depends on the sequence length through exact ties
-// (see Model::forward_cached). Host memory for the CPU backend. Not here: which requests run when
+// (see Model::forward_cached). The pools live in the memory of the backend given at construction
+// (host memory without one or for the CPU backend, device memory for CUDA); pages, reference
+// counts, token ids and tie rows are host bookkeeping either way. Not here: which requests run when
 // (engine/generate/scheduler.h).
 #pragma once
 
@@ -33,7 +35,9 @@ struct DsaTieRow {
 
 class LatentKvCache {
  public:
-  LatentKvCache(const ModelConfig& c, const KvCacheConfig& cfg = {});
+  // be: whose allocator holds the pools (null = host memory, as the CPU backend's).
+  LatentKvCache(const ModelConfig& c, const KvCacheConfig& cfg = {}, Backend* be = nullptr);
+  Device device() const { return be_ ? be_->device() : Device::cpu; }
   int64_t add_sequence();  // a new, empty sequence; returns its handle
   // A new sequence holding the same tokens as seq, sharing its pages (no copy, no new page).
   int64_t fork(int64_t seq);
@@ -52,11 +56,17 @@ class LatentKvCache {
   std::vector<int32_t>& tokens(int64_t seq) { return this->seq(seq).tokens; }  // ids by position
   std::vector<DsaTieRow>& dsa_ties(int64_t seq) { return this->seq(seq).ties; }
   // The [kv_lora_rank + qk_rope_head_dim] latent of token pos (< reserved length) in a layer.
+  // Host pointers: a cache on the host only (latent_pool / slot for a device cache).
   float* latent(int64_t layer, int64_t seq, int64_t pos);
   const float* latent(int64_t layer, int64_t seq, int64_t pos) const;
   // The DSA indexer key [index_head_dim] of token pos in a layer (V3.2 models only).
   float* indexer_key(int64_t layer, int64_t seq, int64_t pos);
   const float* indexer_key(int64_t layer, int64_t seq, int64_t pos) const;
+  // What kernels address: a layer's pool as [pages * page_tokens, latent_dim] (indexer keys:
+  // [pages * page_tokens, indexer_dim]), and the pool row of (seq, pos < reserved length).
+  Tensor latent_pool(int64_t layer) const;
+  Tensor indexer_pool(int64_t layer) const;
+  int64_t slot(int64_t seq, int64_t pos) const { return slot(this->seq(seq), pos); }
   int64_t latent_dim() const { return dim_; }
   int64_t indexer_dim() const { return idim_; }  // 0 without DSA
   int64_t bytes_per_token() const;               // over all layers, latents and indexer keys
@@ -80,6 +90,8 @@ class LatentKvCache {
   Seq& seq(int64_t s) { return const_cast<Seq&>(static_cast<const LatentKvCache*>(this)->seq(s)); }
   int64_t slot(const Seq& q, int64_t pos) const;  // row of pos in the pools
   int32_t take_page();
+  void check_host(const char* what) const;
+  Backend* be_ = nullptr;
   int64_t layers_, dim_, idim_, page_tokens_;
   std::vector<Tensor> pool_;   // per layer [pages, page_tokens, dim]
   std::vector<Tensor> ipool_;  // per layer [pages, page_tokens, idim] (V3.2)

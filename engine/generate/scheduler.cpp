@@ -7,6 +7,7 @@
 #include <chrono>
 #include <cmath>
 #include <numeric>
+#include <tuple>
 
 #include "base/error.h"
 
@@ -137,7 +138,7 @@ struct Scheduler::Group {
 };
 
 Scheduler::Scheduler(Model& model, const SchedulerConfig& config)
-    : model_(model), cfg_(config), cache_(model.config(), config.cache) {
+    : model_(model), cfg_(config), cache_(model.config(), config.cache, &model.backend()) {
   SHOAL_CHECK(cfg_.max_sequences >= 1 && cfg_.max_batch_tokens >= cfg_.max_sequences,
               "scheduler: max_batch_tokens ({}) must be >= max_sequences ({}) >= 1",
               cfg_.max_batch_tokens, cfg_.max_sequences);
@@ -310,11 +311,19 @@ std::vector<int32_t> Scheduler::experts_of(const std::vector<Tensor>& routing, i
 }
 
 void Scheduler::accept_token(Group& g, Sample& s, const float* logits,
-                             const std::vector<Tensor>& routing, int64_t row) {
+                             const std::vector<Tensor>& routing, int64_t row, Drawn* drawn) {
   const GenerationRequest& r = g.req;
   TokenRecord t;
-  auto [id, lp] = sample_token(logits, model_.config().vocab_size, r.sampling, s.rng,
-                               r.record_sampling_mask ? &t.sampling_mask : nullptr);
+  int32_t id;
+  float lp;
+  if (drawn) {
+    id = drawn->id;
+    lp = drawn->logprob;
+    if (r.record_sampling_mask) t.sampling_mask = std::move(drawn->kept);
+  } else {
+    std::tie(id, lp) = sample_token(logits, model_.config().vocab_size, r.sampling, s.rng,
+                                    r.record_sampling_mask ? &t.sampling_mask : nullptr);
+  }
   t.id = id;
   t.logprob = lp;
   if (r.top_logprobs >= 0) {
@@ -411,6 +420,20 @@ bool Scheduler::step() {
     return true;
   }
   const int64_t v = logits.size(1);
+  // Decode rows draw their tokens in parallel (each sample has its own generator; a draw is a
+  // pass over the vocabulary, which at large batches costs more than the forward); the records
+  // are then made in row order as before.
+  std::vector<Drawn> drawn(entries.size());
+#pragma omp parallel for schedule(dynamic) if (entries.size() > 1)
+  for (size_t i = 0; i < entries.size(); ++i) {
+    const Entry& e = entries[i];
+    if (!e.s || e.s->done) continue;
+    const GenerationRequest& r = e.g->req;
+    auto [id, lp] = sample_token(logits.f32() + int64_t(i) * v, v, r.sampling, e.s->rng,
+                                 r.record_sampling_mask ? &drawn[i].kept : nullptr);
+    drawn[i].id = id;
+    drawn[i].logprob = lp;
+  }
   int64_t first_row = 0;  // of this entry in the forward's rows (routing)
   for (size_t i = 0; i < entries.size(); ++i) {
     Entry& e = entries[i];
@@ -418,7 +441,7 @@ bool Scheduler::step() {
     int64_t rows = int64_t(toks[i].size()), last_row = first_row + rows - 1;
     const float* row = logits.f32() + int64_t(i) * v;
     if (e.s) {
-      if (!e.s->done) accept_token(g, *e.s, row, route, last_row);
+      if (!e.s->done) accept_token(g, *e.s, row, route, last_row, &drawn[i]);
     } else {
       int64_t p = int64_t(g.req.prompt.size());
       if (g.req.record_routing) {

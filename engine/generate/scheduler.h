@@ -148,8 +148,15 @@ class Scheduler {
   void admit();
   void finish_sample(Group& g, Sample& s, FinishReason r, std::string error = {});
   void finish_group(Group& g, FinishReason r, const std::string& error = {});
+  // drawn: the sample's token already drawn from these logits (sample_token's result and kept
+  // set), or null to draw it here.
+  struct Drawn {
+    int32_t id = -1;
+    float logprob = 0;
+    std::vector<int32_t> kept;
+  };
   void accept_token(Group& g, Sample& s, const float* logits, const std::vector<Tensor>& routing,
-                    int64_t row);
+                    int64_t row, Drawn* drawn = nullptr);
   std::vector<int32_t> experts_of(const std::vector<Tensor>& routing, int64_t row) const;
   void drop_finished();
 

@@ -111,7 +111,6 @@ void Mla::forward(Backend& be, const Tensor& x, const AttentionInputs& in, Tenso
 
 void Mla::forward_cached(Backend& be, const Tensor& x, const CachedInputs& in, LatentKvCache& cache,
                          int64_t layer, Tensor& y) {
-  SHOAL_CHECK(be.device() == Device::cpu, "forward_cached runs on the CPU backend");
   const int64_t n = x.size(0), h = c_.num_attention_heads, dn = c_.qk_nope_head_dim,
                 dr = c_.qk_rope_head_dim, dv = c_.v_head_dim, dq = dn + dr, rkv = c_.kv_lora_rank,
                 dim = rkv + dr;
@@ -141,6 +140,50 @@ void Mla::forward_cached(Backend& be, const Tensor& x, const CachedInputs& in, L
   Tensor k_pe2 = k_pe.select(1, 0);
   be.copy(kv_a.slice(1, rkv, dim), k_pe2);
   be.rope(k_pe, in.positions, in.cos_sin, c_.rope_interleave, false);
+  Tensor kvb3 = w_.kv_b.view({h, dn + dv, rkv});
+  Tensor attn = be.empty({n, h, dv});
+  // Absorption: q_cat = [W_UK^T q_nope ; q_pe] per head, and attn = W_UV o_lat per head.
+  auto absorb_q = [&]() {
+    Tensor q_cat = be.empty({n, h, dim});
+    for (int64_t hh = 0; hh < h; ++hh) {
+      Tensor ql = q_cat.select(1, hh).slice(1, 0, rkv);
+      be.matmul(q3.select(1, hh).slice(1, 0, dn), false, kvb3.select(0, hh).slice(0, 0, dn), false,
+                ql);
+    }
+    Tensor q_cat_pe = q_cat.slice(2, rkv, dim);
+    be.copy(q_pe, q_cat_pe);
+    return q_cat;
+  };
+  auto expand_o = [&](const Tensor& o_lat) {
+    for (int64_t hh = 0; hh < h; ++hh) {
+      Tensor a = attn.select(1, hh);
+      be.matmul(o_lat.select(1, hh), false, kvb3.select(0, hh).slice(0, dn, dn + dv), true, a);
+    }
+  };
+  const float scale = float(c_.softmax_scale());
+  if (be.device() != Device::cpu) {
+    SHOAL_CHECK(!indexer_,
+                "forward_cached: DeepSeek Sparse Attention (V3.2) decoding is not built for the {} "
+                "backend yet (the indexer's cached top-k selection runs on the host)",
+                device_name(be.device()));
+    SHOAL_CHECK(in.block_table.defined() && in.slots.numel() == n && in.row_len.numel() == n,
+                "forward_cached on the {} backend needs the cache addressing Model::forward_cached "
+                "builds (slots, block table, row maps)",
+                device_name(be.device()));
+    Tensor lat = be.empty({n, dim});
+    Tensor lat_c = lat.slice(1, 0, rkv), lat_pe = lat.slice(1, rkv, dim);
+    be.copy(c_kv, lat_c);
+    be.copy(k_pe.select(1, 0), lat_pe);
+    Tensor pool = cache.latent_pool(layer);
+    be.scatter_rows(lat, in.slots, pool);
+    Tensor q_cat = absorb_q();
+    Tensor o_lat = be.empty({n, h, rkv});
+    be.latent_attention(q_cat, pool, cache.page_tokens(), in.block_table, in.row_seq, in.row_len,
+                        in.max_len, nullptr, scale, o_lat);
+    expand_o(o_lat);
+    be.matmul(attn.view({n, h * dv}), false, w_.o, true, y);
+    return;
+  }
   const int32_t* pos = in.positions.i32();
   for (size_t c = 0; c < chunks; ++c)
     for (int64_t i = in.cu[c]; i < in.cu[c + 1]; ++i) {
@@ -162,7 +205,6 @@ void Mla::forward_cached(Backend& be, const Tensor& x, const CachedInputs& in, L
       for (int32_t t = 0; t <= pos[i]; ++t) out.push_back(t);
     }
   };
-  const float scale = float(c_.softmax_scale());
   auto softmax = [&](float* row, int64_t len) {
     float mx = -INFINITY;
     for (int64_t t = 0; t < len; ++t) mx = std::max(mx, row[t] *= scale);
@@ -170,22 +212,13 @@ void Mla::forward_cached(Backend& be, const Tensor& x, const CachedInputs& in, L
     for (int64_t t = 0; t < len; ++t) z += row[t] = std::exp(row[t] - mx);
     for (int64_t t = 0; t < len; ++t) row[t] = float(row[t] / z);
   };
-  Tensor kvb3 = w_.kv_b.view({h, dn + dv, rkv});
-  Tensor attn = be.empty({n, h, dv});
   std::vector<int32_t> keys;
 
   // Absorbed chunks: score = (W_UK^T q_nope) . c_kv + q_pe . k_pe over the latent, one KV head for
   // all heads; o = W_UV (sum_t p_t c_kv_t). Rows of MHA chunks are computed below and overwrite.
   bool any_absorbed = std::find(in.mha.begin(), in.mha.end(), 0) != in.mha.end();
   if (any_absorbed) {
-    Tensor q_cat = be.empty({n, h, dim});  // [W_UK^T q_nope ; q_pe] per head
-    for (int64_t hh = 0; hh < h; ++hh) {
-      Tensor ql = q_cat.select(1, hh).slice(1, 0, rkv);
-      be.matmul(q3.select(1, hh).slice(1, 0, dn), false, kvb3.select(0, hh).slice(0, 0, dn), false,
-                ql);
-    }
-    Tensor q_cat_pe = q_cat.slice(2, rkv, dim);
-    be.copy(q_pe, q_cat_pe);
+    Tensor q_cat = absorb_q();
     Tensor o_lat = be.zeros({n, h, rkv});
     for (size_t c = 0; c < chunks; ++c) {
       if (in.mha[c]) continue;
@@ -201,10 +234,7 @@ void Mla::forward_cached(Backend& be, const Tensor& x, const CachedInputs& in, L
         be.matmul(sc, false, lat.slice(1, 0, rkv), false, ol);
       }
     }
-    for (int64_t hh = 0; hh < h; ++hh) {
-      Tensor a = attn.select(1, hh);
-      be.matmul(o_lat.select(1, hh), false, kvb3.select(0, hh).slice(0, dn, dn + dv), true, a);
-    }
+    expand_o(o_lat);
   }
 
   // MHA chunks: decompress k_nope and v of the cached positions 0..last through kv_b_proj and

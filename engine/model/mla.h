@@ -54,6 +54,13 @@ struct CachedInputs {
   std::vector<int64_t> dsa_len;  // per chunk: the sequence length whose top-k tie-breaking the
                                  // DSA selection of its rows reproduces (see Indexer)
   std::vector<std::vector<int32_t>>* dsa_topk = nullptr;  // when set: each row's selection
+  // A device backend's addressing of the cache, built (and uploaded) once per forward by
+  // Model::forward_cached: i32 device tensors.
+  Tensor slots;         // [N] the pool row (LatentKvCache::slot) each row's latent is written to
+  Tensor block_table;   // [chunks, P] each chunk's sequence's pages (-1 past its last)
+  Tensor row_seq;       // [N] each row's chunk (its row of block_table)
+  Tensor row_len;       // [N] each row's keys: positions 0 .. its own
+  int64_t max_len = 0;  // >= every row_len
 };
 
 class Mla {
@@ -66,7 +73,9 @@ class Mla {
   // cached positions 0..its own (or, with DSA, to the top-k of them its indexer scores select).
   // MHA chunks decompress the cached latents through kv_b_proj and attend per head; absorbed
   // chunks (REFERENCE.md §1) fold W_UK into the query, attend over the latent with one KV head
-  // shared by all heads and apply W_UV after. Both compute forward()'s function.
+  // shared by all heads and apply W_UV after. Both compute forward()'s function. On a device
+  // backend every chunk runs absorbed through Backend::latent_attention over the device cache
+  // (no DSA yet: V3.2 models decode on the CPU backend only).
   void forward_cached(Backend& be, const Tensor& x, const CachedInputs& in, LatentKvCache& cache,
                       int64_t layer, Tensor& y);
   // dx = d/dx (overwritten); parameter gradients accumulate.

@@ -442,6 +442,16 @@ Tensor Model::forward_cached(LatentKvCache& cache, const std::vector<int64_t>& s
               "forward_cached: {} sequences, {} token lists", seqs.size(), tokens.size());
   SHOAL_CHECK(opt.dsa_len.empty() || opt.dsa_len.size() == seqs.size(),
               "forward_cached: {} dsa lengths for {} sequences", opt.dsa_len.size(), seqs.size());
+  const bool on_device = be.device() != Device::cpu;
+  SHOAL_CHECK(cache.device() == be.device(),
+              "forward_cached: the kv cache is on the {} device, the model's backend on {} (give "
+              "the cache the model's backend)",
+              device_name(cache.device()), device_name(be.device()));
+  SHOAL_CHECK(!on_device || !c.is_v32(),
+              "forward_cached: DeepSeek Sparse Attention (V3.2) decoding is not built for the {} "
+              "backend yet: the indexer's cached top-k selection (Indexer::select_cached) and its "
+              "key cache run on the host",
+              device_name(be.device()));
   // DSA: a row whose top-k boundary is an exact tie may select differently at the new length (as
   // the uncached forward over the longer sequence would). If any does, the sequence is recomputed
   // from the earliest such row, so the cache always holds what a full forward computes.
@@ -507,6 +517,37 @@ Tensor Model::forward_cached(LatentKvCache& cache, const std::vector<int64_t>& s
     in.dsa_len.push_back(dsa_len[i]);
   }
   in.cos_sin = rope_table(max_pos);
+  if (on_device) {
+    // The cache addressing of every layer, with the ids and positions, in one upload: the slot
+    // of each row, each chunk's page list, and each row's chunk and key count.
+    const int64_t chunks = int64_t(seqs.size()), pt = cache.page_tokens();
+    int64_t np = 1;
+    for (int64_t s : seqs) np = std::max<int64_t>(np, int64_t(cache.pages(s).size()));
+    Tensor packed = Tensor::empty({5 * n + chunks * np}, DType::i32);
+    int32_t* pk = packed.i32();
+    std::copy_n(ids.i32(), n, pk);
+    std::copy_n(in.positions.i32(), n, pk + n);
+    for (int64_t ch = 0; ch < chunks; ++ch) {
+      const std::vector<int32_t>& pages = cache.pages(seqs[size_t(ch)]);
+      int32_t* bt = pk + 5 * n + ch * np;
+      std::fill_n(bt, np, -1);
+      std::copy(pages.begin(), pages.end(), bt);
+      for (int64_t r = in.cu[size_t(ch)]; r < in.cu[size_t(ch) + 1]; ++r) {
+        const int32_t p = in.positions.i32()[r];
+        pk[2 * n + r] = int32_t(int64_t(pages[size_t(p / pt)]) * pt + p % pt);
+        pk[3 * n + r] = int32_t(ch);
+        pk[4 * n + r] = p + 1;
+      }
+    }
+    Tensor dev = be.from_host(packed);
+    ids = dev.slice(0, 0, n);
+    in.positions = dev.slice(0, n, 2 * n);
+    in.slots = dev.slice(0, 2 * n, 3 * n);
+    in.row_seq = dev.slice(0, 3 * n, 4 * n);
+    in.row_len = dev.slice(0, 4 * n, 5 * n);
+    in.block_table = dev.slice(0, 5 * n, 5 * n + chunks * np).view({chunks, np});
+    in.max_len = max_pos;
+  }
   const float eps = float(c.rms_norm_eps);
   int64_t d = c.hidden_size;
   if (opt.routing) opt.routing->assign(layers_.size(), Tensor());
@@ -554,7 +595,13 @@ Tensor Model::forward_cached(LatentKvCache& cache, const std::vector<int64_t>& s
   } else {
     rows = wanted;
   }
-  if (int64_t(rows.size()) != n) {
+  if (int64_t(rows.size()) != n && on_device) {  // one gather, not a copy per row
+    Tensor idx = Tensor::empty({int64_t(rows.size())}, DType::i32);
+    for (size_t r = 0; r < rows.size(); ++r) idx.i32()[r] = int32_t(rows[r]);
+    Tensor picked = be.empty({int64_t(rows.size()), d});
+    be.gather_rows(x, idx, 1, picked);
+    x = picked;
+  } else if (int64_t(rows.size()) != n) {
     Tensor picked = be.empty({int64_t(rows.size()), d});
     for (size_t r = 0; r < rows.size(); ++r) {
       Tensor dst = picked.select(0, int64_t(r));

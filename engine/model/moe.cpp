@@ -1,6 +1,7 @@
 // MoE forward/backward. Token-expert assignments are sorted by expert so each expert runs its
-// SwiGLU as dense GEMMs over a contiguous block of gathered rows; results are scattered back with
-// the router weights. The router weight gradient is dot(dy_token, expert_output) per assignment.
+// SwiGLU as dense GEMMs over a contiguous block of gathered rows (all experts' GEMMs in one
+// Backend::grouped_matmul per projection); results are scattered back with the router weights.
+// The router weight gradient is dot(dy_token, expert_output) per assignment.
 #include "engine/model/moe.h"
 
 #include <cmath>
@@ -30,10 +31,6 @@ Moe::Moe(const ModelConfig& c, ParamSet& ps, const std::string& prefix) : c_(c) 
     has_shared_ = true;
   }
   load_.assign(size_t(e), 0);
-}
-
-SwiGluWeights Moe::expert(int64_t e) const {
-  return {gate_up_.select(0, e), down_.select(0, e), g_gate_up_.select(0, e), g_down_.select(0, e)};
 }
 
 namespace {
@@ -104,17 +101,13 @@ double Moe::forward(Backend& be, const Tensor& x, const std::vector<int64_t>& cu
   s.xs = be.empty({n * k, x.size(1)});
   be.gather_rows(x, s.order, k, s.xs);
   s.ys = be.empty({n * k, x.size(1)});
-  s.experts.assign(size_t(e), {});
-  int64_t off = 0;
-  for (int64_t i = 0; i < e; ++i) {
-    int64_t cnt = s.counts[size_t(i)];
-    if (cnt > 0) {
-      Tensor ys_i = s.ys.slice(0, off, off + cnt);
-      swiglu_forward(be, expert(i), s.xs.slice(0, off, off + cnt), ys_i, s.experts[size_t(i)],
-                     false);
-    }
-    off += cnt;
-  }
+  // swiglu_forward (ffn.cpp) per expert, each GEMM grouped over the experts.
+  const int64_t inter = c_.moe_intermediate_size;
+  s.gate_up = be.empty({n * k, 2 * inter});
+  s.h = be.empty({n * k, inter});
+  be.grouped_matmul(s.xs, false, gate_up_, true, s.gate_up, s.counts);
+  be.swiglu_forward(s.gate_up, s.h);
+  be.grouped_matmul(s.h, false, down_, true, s.ys, s.counts);
   be.zero(y);
   Tensor w_flat = s.topk_w.view({n * k});
   be.scatter_add_rows(s.ys, s.order, k, &w_flat, y);
@@ -143,17 +136,15 @@ void Moe::backward(Backend& be, const MoeSaved& s, const Tensor& dy, Tensor& dx)
   be.row_dot_scatter(dys, s.ys, s.order, dw);  // d(loss)/d(router weight) per assignment
   Tensor w_flat = s.topk_w.view({n * k});
   be.scale_rows(dys, s.order, w_flat);
+  // swiglu_backward (ffn.cpp) per expert, each GEMM grouped over the experts.
   Tensor dxs = be.empty({n * k, d});
-  int64_t off = 0;
-  for (int64_t i = 0; i < e; ++i) {
-    int64_t cnt = s.counts[size_t(i)];
-    if (cnt > 0) {
-      SwiGluWeights w = expert(i);
-      Tensor dxs_i = dxs.slice(0, off, off + cnt);
-      swiglu_backward(be, w, s.experts[size_t(i)], dys.slice(0, off, off + cnt), dxs_i, false);
-    }
-    off += cnt;
-  }
+  be.grouped_matmul(dys, true, s.h, false, g_down_, s.counts, 1.0f, 1.0f);  // dW_down += dy^T h
+  Tensor dh = be.empty(s.h.shape());
+  be.grouped_matmul(dys, false, down_, false, dh, s.counts);  // dh = dy W_down
+  Tensor dgu = be.empty(s.gate_up.shape());
+  be.swiglu_backward(dh, s.gate_up, dgu);
+  be.grouped_matmul(dgu, true, s.xs, false, g_gate_up_, s.counts, 1.0f, 1.0f);
+  be.grouped_matmul(dgu, false, gate_up_, false, dxs, s.counts);
   be.scatter_add_rows(dxs, s.order, k, nullptr, dx);
   Tensor dlogits = be.empty({n, e});
   be.route_backward(dw.view({n, k}), s.scores, s.topk_idx, rp_, dlogits);

@@ -13,7 +13,9 @@ namespace shoal {
 struct MoeSaved {
   Tensor x, logits, scores, topk_idx, topk_w, order, xs, ys;
   std::vector<int64_t> counts;
-  std::vector<SwiGluSaved> experts;  // one per expert (row slices of xs)
+  // The routed experts' SwiGLU over all assignments (rows grouped by expert as in xs):
+  // gate_up [N*K, 2I], h [N*K, I].
+  Tensor gate_up, h;
   SwiGluSaved shared;
   Tensor balance_dlogits;  // gradient of the balance loss w.r.t. router logits (when enabled)
 };
@@ -36,7 +38,6 @@ class Moe {
   Tensor bias() const { return bias_; }
 
  private:
-  SwiGluWeights expert(int64_t e) const;
   const ModelConfig& c_;
   RouterParams rp_;
   Tensor gate_, g_gate_, bias_;

@@ -199,9 +199,17 @@ bool valid(const AttentionParams& p) {
 int attention_forward_cuda(const AttentionParams& p, void* stream) {
   if (p.n == 0 || p.heads == 0) return int(cudaSuccess);
   if (!valid(p) || !p.v || !p.out || !p.lse) return int(cudaErrorInvalidValue);
-  if (flash_attention_f32_supported(p))
-    return p.tf32 ? flash_attention_forward_tf32(p, stream)
-                  : flash_attention_forward_f32(p, stream);
+  if (flash_attention_f32_supported(p)) {
+    switch (p.precision) {
+      case AttentionPrecision::tf32:
+        return flash_attention_forward_tf32(p, stream);
+      case AttentionPrecision::bf16:
+        return flash_attention_forward_bf16(p, stream);
+      case AttentionPrecision::f32:
+        break;
+    }
+    return flash_attention_forward_f32(p, stream);
+  }
   attention_forward_kernel<<<dim3(unsigned(p.n), unsigned(p.heads)), kWarps * kWarpSize, 0,
                              static_cast<cudaStream_t>(stream)>>>(p);
   return int(cudaGetLastError());
@@ -211,9 +219,17 @@ int attention_backward_cuda(const AttentionParams& p, void* stream) {
   if (p.n == 0 || p.heads == 0) return int(cudaSuccess);
   if (!valid(p) || !p.v || !p.out || !p.lse || !p.dout || !p.dq || !p.dkk || !p.dvv)
     return int(cudaErrorInvalidValue);
-  if (p.drow && flash_attention_f32_supported(p))
-    return p.tf32 ? flash_attention_backward_tf32(p, stream)
-                  : flash_attention_backward_f32(p, stream);
+  if (p.drow && flash_attention_f32_supported(p)) {
+    switch (p.precision) {
+      case AttentionPrecision::tf32:
+        return flash_attention_backward_tf32(p, stream);
+      case AttentionPrecision::bf16:
+        return flash_attention_backward_bf16(p, stream);
+      case AttentionPrecision::f32:
+        break;
+    }
+    return flash_attention_backward_f32(p, stream);
+  }
   auto s = static_cast<cudaStream_t>(stream);
   zero_nhd_kernel<<<grid_for(p.n * p.heads * p.dk, 256), 256, 0, s>>>(p.dkk, p.n, p.heads, p.dk,
                                                                       p.dk_sn, p.dk_sh);

@@ -1,11 +1,14 @@
 // Causal softmax attention over packed sequences (cu_seqlens), optionally restricted to a DSA
 // selection (sparse_idx), forward (out + log-sum-exp) and backward (dq, dk, dv from the saved lse,
 // FlashAttention-style recomputation), plus the head-summed, L1-normalised attention distribution
-// that the DSA indexer is trained towards. f32 (TF32 tensor cores on request). The CPU backend is
-// the reference. Dense attention with dk <= 192 and dv <= 128 (DeepSeek-V3's MLA dims) runs on
-// the tiled kernels of flash_f32.cu (or flash_tf32.cu when p.tf32); DSA selections and larger
-// head dims on the straightforward kernels of attention.cu (one block of 4 warps per (query,
-// head), a warp per key), head dims up to 256. Not here: the absorbed decode kernel.
+// that the DSA indexer is trained towards. f32 storage; f32 arithmetic by default, the tensor
+// cores on request (p.precision). The CPU backend is the reference. Dense attention with dk <= 192
+// and dv <= 128 (DeepSeek-V3's MLA dims) runs on tiled kernels: flash_f32.cu (f32, the default),
+// flash_tf32.cu (TF32 WMMA, two-pass forward) or flash_bf16.cu (bf16 mma.sync, one-pass forward,
+// cp.async double buffering; the fastest: ~110 / ~92 TFLOP/s forward / backward on the H200 at
+// 4 x 4096 tokens, docs/PERFORMANCE.md). DSA selections and larger head dims run on the
+// straightforward f32 kernels of attention.cu (one block of 4 warps per (query, head), a warp per
+// key), head dims up to 256, whatever p.precision says. Not here: the absorbed decode kernel.
 #pragma once
 
 #include <cstdint>
@@ -15,6 +18,8 @@
 namespace shoal::kernels {
 
 constexpr int kAttentionMaxHeadDim = 256;
+
+enum class AttentionPrecision : int32_t { f32, tf32, bf16 };
 
 struct AttentionParams {
   // [N, H, d] operands, last stride 1; s_n / s_h are the token and head strides (elements).
@@ -41,9 +46,10 @@ struct AttentionParams {
   int32_t op = 0;
   // Backward scratch, [heads, n] f32 (D = rowsum(dout * out)); needed by the tiled backward.
   float* drow = nullptr;
-  // Dense attention within the tiled limits on the tensor cores in TF32 (flash_tf32.cu) instead
-  // of f32: opt-in, it is not f32-accurate.
-  bool tf32 = false;
+  // How dense attention within the tiled limits multiplies: f32 (flash_f32.cu, the default and
+  // the reference precision), or on the tensor cores with operands rounded to TF32
+  // (flash_tf32.cu) or bf16 (flash_bf16.cu), f32 accumulation: opt-in, they are not f32-accurate.
+  AttentionPrecision precision = AttentionPrecision::f32;
 };
 int attention_forward_cuda(const AttentionParams& p, void* stream);
 // Tiled (when flash_attention_f32_supported and drow is given): dk, dv deterministic, dq added
@@ -59,6 +65,10 @@ int flash_attention_backward_prologue(const AttentionParams& p, void* stream);
 // flash_tf32.cu: the same limits, on the tensor cores with TF32 operands (f32 accumulation).
 int flash_attention_forward_tf32(const AttentionParams& p, void* stream);
 int flash_attention_backward_tf32(const AttentionParams& p, void* stream);
+// flash_bf16.cu: the same limits, mma.sync with bf16 operands (f32 accumulation), one-pass
+// forward; the operands are converted to bf16 copies (stream-ordered scratch) per call.
+int flash_attention_forward_bf16(const AttentionParams& p, void* stream);
+int flash_attention_backward_bf16(const AttentionParams& p, void* stream);
 
 // probs: per sequence a row-major [L, L] block at probs + sq_offsets[s] (zero outside the attended
 // set): sum over heads of exp(scale q.k - lse), each row divided by its sum. Uses q, k, lse,

@@ -71,6 +71,20 @@ __global__ void scale_rows_kernel(RowOpParams p) {
   }
 }
 
+__global__ void scatter_rows_kernel(RowOpParams p) {
+  for (int64_t i = blockIdx.x; i < p.n_idx; i += gridDim.x) {
+    const int64_t v = p.idx[i];
+    if (v < 0 || v >= p.dst_rows) {
+      if (threadIdx.x == 0)
+        report_fault(p.status, p.op, KernelFault::index_out_of_range, i, v, 0, p.dst_rows);
+      continue;
+    }
+    const float* s = p.src + i * p.src_ld;
+    float* d = p.dst + v * p.dst_ld;
+    for (int64_t c = threadIdx.x; c < p.cols; c += blockDim.x) d[c] = s[c];
+  }
+}
+
 }  // namespace
 
 int gather_rows_cuda(const RowOpParams& p, void* stream) {
@@ -100,6 +114,13 @@ int scale_rows_cuda(const RowOpParams& p, void* stream) {
   if (p.n_idx == 0) return int(cudaSuccess);
   if (!p.dst || !p.idx || !p.w || p.n_idx < 0) return int(cudaErrorInvalidValue);
   scale_rows_kernel<<<grid_for(p.n_idx, 1), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p);
+  return int(cudaGetLastError());
+}
+
+int scatter_rows_cuda(const RowOpParams& p, void* stream) {
+  if (p.n_idx == 0) return int(cudaSuccess);
+  if (!p.src || !p.dst || !p.idx || p.n_idx < 0) return int(cudaErrorInvalidValue);
+  scatter_rows_kernel<<<grid_for(p.n_idx, 1), kThreads, 0, static_cast<cudaStream_t>(stream)>>>(p);
   return int(cudaGetLastError());
 }
 

@@ -127,8 +127,8 @@ TEST(TrainCli, ShortQuickstartRunsEndToEnd) {
   // The store keeps the record of every checkpoint and says which are still on disk.
   int on_disk = 0;
   for (const json& c : cks) {
-    bool there = fs::is_directory(run / "checkpoints" /
-                                   ("step_" + std::to_string(c["gstep"].get<int>())));
+    bool there =
+        fs::is_directory(run / "checkpoints" / ("step_" + std::to_string(c["gstep"].get<int>())));
     EXPECT_EQ(c["on_disk"].get<bool>(), there) << c.dump();
     on_disk += there;
   }

@@ -18,6 +18,8 @@
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include <numeric>
 #include <set>
 
@@ -538,6 +540,206 @@ TEST_F(BackendOps, AttentionTf32TensorCores) {
       "attention_backward", "tf32 N=2048 H=16 dk=192 dv=128 causal",
       time_us([&] { tc->attention_backward(q, k, v, out, out, lse, cu, 0.07f, dq, dkk, dvv); }, 3),
       2.5 * fwd_flops);
+}
+
+// Dense attention on the tensor cores with bf16 operands (CudaAttention::bf16, flash_bf16.cu)
+// against the CPU, element by element, with bounds derived from where the kernel rounds. u = 2^-8
+// is bf16's unit roundoff (8 significant bits, round to nearest). The kernel rounds q, k, v, dO
+// (once, on entry) and P and dS (before their products) to bf16; every product accumulates in
+// f32; lse, D = rowsum(dO * O) and the softmax are f32. The reference is the CPU's f32 attention
+// on q, k, v, dO rounded to bf16 the same way, so the operand rounding cancels exactly (a product
+// of two bf16 values is exact in f32) and what remains, to first order, is:
+//   scores: f32 accumulation only, e_s <= dk 2^-24 scale sum|q||k| <= 2^-24 dk^1.5 (+ 1e-5 for
+//     ex2.approx vs expf and the log-sum-exp); lse errs by at most e_s (a soft maximum);
+//   P: relative error 2 e_s (score and lse), then rounded: u more before P V and P^T dO. The
+//     forward divides P V by the sum of the rounded P (weights summing to 1), so each weight
+//     errs by at most 2 (u + 2 e_s) relative to its exact value: |d out_ic| <= 2 (u + 2 e_s)
+//     sum_j P_ij |v_jc|; the backward recomputes P from the lse: |d dv_jc| <= (u + 2 e_s) sum_i
+//     P_ij |dO_ic|;
+//   D: the kernel's uses the unrounded dO and its own out, summed in f32: |d D_i| <= sum_c
+//     ((u + 2^-24 dv) |dO_ic| |o_ic| + |dO_ic| bound(out_ic)); dP = dO . v accumulates in f32:
+//     |d dP_ij| <= 2^-24 dv sum_c |dO_ic| |v_jc|;
+//   dS = P (dP - D), rounded: |d dS_ij| <= (u + 2 e_s) |dS_ij| + P_ij (|d D_i| + |d dP_ij|);
+//   dk_jc = scale sum_i dS_ij q_ic: |d dk_jc| <= scale sum_i |d dS_ij| |q_ic| (dq likewise with k),
+//     plus f32 accumulation over L terms, L 2^-24 scale sum_i |dS_ij| |q_ic|.
+// Each bound is multiplied by 1.05 for second-order terms (products of two relative errors of
+// at most ~0.05) and given 1e-6 absolute slack for values that cancel to ~0.
+float round_bf16(float x) {
+  uint32_t b;
+  std::memcpy(&b, &x, 4);
+  b += 0x7fffu + ((b >> 16) & 1u);  // round to nearest even (finite inputs)
+  b &= 0xffff0000u;
+  std::memcpy(&x, &b, 4);
+  return x;
+}
+
+// A contiguous [n, h, d] copy of a strided host view, each element rounded to bf16.
+Tensor rounded_bf16(const Tensor& t) {
+  Tensor r = Tensor::empty(t.shape(), DType::f32);
+  const int64_t n = t.size(0), h = t.size(1), d = t.size(2);
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t j = 0; j < h; ++j)
+      for (int64_t c = 0; c < d; ++c)
+        r.f32()[(i * h + j) * d + c] = round_bf16(t.f32()[i * t.stride(0) + j * t.stride(1) + c]);
+  return r;
+}
+
+TEST_F(BackendOps, AttentionBf16TensorCores) {
+  auto tc = make_cuda_backend(0, CudaBackendOptions{CudaGemm::f32, false, CudaAttention::bf16});
+  const double u = std::ldexp(1.0, -8), eps24 = std::ldexp(1.0, -24);
+  // SHOAL_SMALL_SHAPES (for compute-sanitizer runs): fewer, shorter batches and two head dims.
+  const bool small = std::getenv("SHOAL_SMALL_SHAPES") != nullptr;
+  const std::vector<std::vector<int64_t>> batches =
+      small ? std::vector<std::vector<int64_t>>{{0, 1}, {0, 5, 5, 17, 50}, {0, 3, 67, 80}}
+            : std::vector<std::vector<int64_t>>{
+                  {0, 1}, {0, 5, 5, 17, 50}, {0, 130}, {0, 70, 200}, {0, 3, 67, 140, 141, 300}};
+  struct Dims {
+    int64_t dk, dv;
+  };
+  // The golden models' dims too (12/12, 16/8: d not a multiple of 16, dv of 8).
+  std::vector<Dims> dim_list = {Dims{24, 16}, Dims{192, 128}, Dims{40, 24},
+                                Dims{64, 64}, Dims{12, 12},   Dims{16, 8}};
+  if (small) dim_list.resize(2);
+  double seen = 0;
+  for (Dims dims : dim_list) {
+    for (const auto& cu : batches) {
+      const int64_t n = cu.back(), h = 3, dk = dims.dk, dv = dims.dv;
+      // Strided views as the model passes them: q inside a wider row, k and v sharing rows.
+      Pair qb = rand({n, h, dk + 4}), kvb = rand({n, h, dk + dv});
+      Tensor hq = qb.h.slice(2, 0, dk), hk = kvb.h.slice(2, 0, dk);
+      Tensor hv = kvb.h.slice(2, dk, dk + dv);
+      Tensor dq_in = qb.d.slice(2, 0, dk);
+      Tensor dk_in = kvb.d.slice(2, 0, dk), dv_in = kvb.d.slice(2, dk, dk + dv);
+      Tensor g = rand_host({n, h, dv});
+      Tensor rq = rounded_bf16(hq), rk = rounded_bf16(hk), rv = rounded_bf16(hv),
+             rg = rounded_bf16(g);
+      const float scale = 1.0f / std::sqrt(float(dk));
+      // Reference: f32 CPU attention on the rounded operands.
+      Tensor out = Tensor::empty({n, h, dv}, DType::f32), lse = Tensor::empty({h, n}, DType::f32);
+      cpu().attention_forward(rq, rk, rv, cu, scale, out, lse);
+      Tensor dq = Tensor::empty({n, h, dk}, DType::f32),
+             dk_ = Tensor::empty({n, h, dk}, DType::f32),
+             dv_ = Tensor::empty({n, h, dv}, DType::f32);
+      cpu().attention_backward(rq, rk, rv, out, rg, lse, cu, scale, dq, dk_, dv_);
+      // The kernels on the unrounded f32 operands.
+      Tensor out_d = tc->empty({n, h, dv}), dlse = tc->empty({h, n});
+      tc->attention_forward(dq_in, dk_in, dv_in, cu, scale, out_d, dlse);
+      Tensor gq = tc->empty({n, h, dk}), gk = tc->empty({n, h, dk}), gv = tc->empty({n, h, dv});
+      tc->attention_backward(dq_in, dk_in, dv_in, out_d, tc->from_host(g), dlse, cu, scale, gq, gk,
+                             gv);
+      Tensor got_out = tc->to_host(out_d), got_lse = tc->to_host(dlse);
+      Tensor got_dq = tc->to_host(gq), got_dk = tc->to_host(gk), got_dv = tc->to_host(gv);
+
+      // Bounds (see above), per head from the reference's P and dS.
+      const double e_s = eps24 * double(dk) * std::sqrt(double(dk)) + 1e-5;
+      const double rel = u + 2 * e_s, slack = 1e-6, second = 1.05;
+      double worst_lse = 0, worst_out = 0, worst_dq = 0, worst_dk = 0, worst_dv = 0;  // err/bound
+      auto at = [](const Tensor& t, int64_t i, int64_t j, int64_t c) {
+        return double(t.f32()[(i * t.size(1) + j) * t.size(2) + c]);
+      };
+      auto ratio = [&](double got, double want, double bound) {
+        return std::fabs(got - want) / (second * bound + slack);
+      };
+      std::vector<int64_t> start(n);
+      for (size_t s = 0; s + 1 < cu.size(); ++s)
+        for (int64_t t = cu[s]; t < cu[s + 1]; ++t) start[t] = cu[s];
+      std::vector<double> P(n * n), dS(n * n), bS(n * n), bD(n);
+      for (int64_t hh = 0; hh < h; ++hh) {
+        std::fill(P.begin(), P.end(), 0.0);
+        for (int64_t i = 0; i < n; ++i) {
+          worst_lse =
+              std::max(worst_lse, ratio(got_lse.f32()[hh * n + i], lse.f32()[hh * n + i], e_s));
+          for (int64_t j = start[i]; j <= i; ++j) {
+            double sc = 0;
+            for (int64_t c = 0; c < dk; ++c) sc += at(rq, i, hh, c) * at(rk, j, hh, c);
+            P[i * n + j] = std::exp(scale * sc - double(lse.f32()[hh * n + i]));
+          }
+        }
+        for (int64_t i = 0; i < n; ++i) {
+          double d_row = 0, b_d = 0;
+          for (int64_t c = 0; c < dv; ++c) {
+            double b = 0;
+            for (int64_t j = start[i]; j <= i; ++j) b += P[i * n + j] * std::fabs(at(rv, j, hh, c));
+            b *= 2 * rel;
+            worst_out = std::max(worst_out, ratio(at(got_out, i, hh, c), at(out, i, hh, c), b));
+            const double o = at(out, i, hh, c),
+                         go = std::fabs(double(g.f32()[(i * h + hh) * dv + c]));
+            d_row += at(rg, i, hh, c) * o;
+            b_d += (u + eps24 * double(dv)) * go * std::fabs(o) + go * b;
+          }
+          bD[i] = b_d;
+          for (int64_t j = start[i]; j <= i; ++j) {
+            double dp = 0, b_dp = 0;
+            for (int64_t c = 0; c < dv; ++c) {
+              dp += at(rg, i, hh, c) * at(rv, j, hh, c);
+              b_dp += std::fabs(at(rg, i, hh, c) * at(rv, j, hh, c));
+            }
+            const double pij = P[i * n + j];
+            dS[i * n + j] = pij * (dp - d_row);
+            bS[i * n + j] = rel * std::fabs(dS[i * n + j]) + pij * (bD[i] + eps24 * dv * b_dp);
+          }
+        }
+        const double acc = eps24 * double(n);  // f32 accumulation over at most n terms
+        for (int64_t j = 0; j < n; ++j) {
+          for (int64_t c = 0; c < dk; ++c) {
+            double b = 0, b2 = 0;
+            for (int64_t i = j; i < n && start[i] <= j; ++i) {
+              b += (bS[i * n + j] + acc * std::fabs(dS[i * n + j])) * std::fabs(at(rq, i, hh, c));
+            }
+            for (int64_t jj = start[j]; jj <= j; ++jj)
+              b2 +=
+                  (bS[j * n + jj] + acc * std::fabs(dS[j * n + jj])) * std::fabs(at(rk, jj, hh, c));
+            worst_dk =
+                std::max(worst_dk, ratio(at(got_dk, j, hh, c), at(dk_, j, hh, c), scale * b));
+            worst_dq =
+                std::max(worst_dq, ratio(at(got_dq, j, hh, c), at(dq, j, hh, c), scale * b2));
+          }
+          for (int64_t c = 0; c < dv; ++c) {
+            double b = 0;
+            for (int64_t i = j; i < n && start[i] <= j; ++i)
+              b += P[i * n + j] * std::fabs(at(rg, i, hh, c));
+            worst_dv = std::max(worst_dv, ratio(at(got_dv, j, hh, c), at(dv_, j, hh, c), rel * b));
+          }
+        }
+      }
+      const bool pass = std::max({worst_lse, worst_out, worst_dq, worst_dk, worst_dv}) <= 1.0;
+      std::printf(
+          "[ attention bf16          ] dk=%lld dv=%lld %-22s max err/bound lse %.3f out %.3f "
+          "dq %.3f dk %.3f dv %.3f; rel_l2 out %.2g dq %.2g dk %.2g dv %.2g %s\n",
+          (long long)dk, (long long)dv, cs(cu).c_str(), worst_lse, worst_out, worst_dq, worst_dk,
+          worst_dv, relative_l2(got_out, out), relative_l2(got_dq, dq), relative_l2(got_dk, dk_),
+          relative_l2(got_dv, dv_), pass ? "PASS" : "FAIL");
+      EXPECT_TRUE(pass) << "bf16 attention dk=" << dk << " dv=" << dv << " " << cs(cu);
+      // Against the f32 reference on the unrounded operands, bf16 must leave a visible trace.
+      Tensor out32 = Tensor::empty({n, h, dv}, DType::f32),
+             lse32 = Tensor::empty({h, n}, DType::f32);
+      cpu().attention_forward(hq, hk, hv, cu, scale, out32, lse32);
+      seen = std::max(seen, relative_l2(got_out, out32));
+    }
+  }
+  EXPECT_GT(seen, 1e-4) << "the bf16 path did not run";
+  if (!perf_enabled()) return;
+  struct Shape {
+    int64_t n, seqs;
+  };
+  for (Shape sh : {Shape{2048, 1}, Shape{16384, 4}}) {
+    const int64_t n = sh.n, h = 16, dk = 192, dv = 128, len = n / sh.seqs;
+    Tensor q = tc->from_host(rand_host({n, h, dk})), k = tc->from_host(rand_host({n, h, dk})),
+           v = tc->from_host(rand_host({n, h, dv}));
+    Tensor out = tc->empty({n, h, dv}), lse = tc->empty({h, n});
+    std::vector<int64_t> cu;
+    for (int64_t s = 0; s <= sh.seqs; ++s) cu.push_back(s * len);
+    const double fwd_flops = double(sh.seqs) * 2.0 * h * (double(len) * (len + 1) / 2) * (dk + dv);
+    const std::string what = fmt::format("bf16 N={}x{} H=16 dk=192 dv=128 causal", sh.seqs, len);
+    perf_flops("attention_forward", what,
+               time_us([&] { tc->attention_forward(q, k, v, cu, 0.07f, out, lse); }, 3), fwd_flops);
+    Tensor dq = tc->empty({n, h, dk}), dkk = tc->empty({n, h, dk}), dvv = tc->empty({n, h, dv});
+    perf_flops(
+        "attention_backward", what,
+        time_us([&] { tc->attention_backward(q, k, v, out, out, lse, cu, 0.07f, dq, dkk, dvv); },
+                3),
+        2.5 * fwd_flops);
+  }
 }
 
 // ------------------------------------------------------------------------------- DSA indexer
