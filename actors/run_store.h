@@ -131,7 +131,8 @@ class RunStore {
   SqliteDb& db() { return *db_; }
 
  private:
-  RunStore(std::unique_ptr<SqliteDb> db, std::string dir) : db_(std::move(db)), dir_(std::move(dir)) {}
+  RunStore(std::unique_ptr<SqliteDb> db, std::string dir)
+      : db_(std::move(db)), dir_(std::move(dir)) {}
   void insert_episode(const EpisodeRecord& e);
   std::unique_ptr<SqliteDb> db_;
   std::string dir_;  // the directory holding run.sqlite
