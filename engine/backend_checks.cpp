@@ -167,4 +167,12 @@ void latent_attention(const Tensor& q, const Tensor& pool, int64_t page_tokens,
   }
 }
 
+void scatter_rows(const Tensor& src, const Tensor& idx, const Tensor& dst, Device device) {
+  rows(src, device, "scatter_rows src");
+  rows(dst, device, "scatter_rows dst");
+  SHOAL_CHECK(idx.dtype() == DType::i32 && idx.is_contiguous() && idx.numel() == src.size(0) &&
+                  dst.size(1) == src.size(1),
+              "scatter_rows: src {} idx {} dst {}", src.describe(), idx.describe(), dst.describe());
+}
+
 }  // namespace shoal::backend_checks

@@ -45,4 +45,8 @@ void latent_attention(const Tensor& q, const Tensor& pool, int64_t page_tokens,
                       const Tensor& block_table, const Tensor& row_seq, const Tensor& row_len,
                       const Tensor* key_idx, const Tensor& out, Device device);
 
+// Backend::scatter_rows's layouts: src [M, D] and dst [R, D] rows (unit last stride), idx i32
+// contiguous [M]. Index values are checked by the backend.
+void scatter_rows(const Tensor& src, const Tensor& idx, const Tensor& dst, Device device);
+
 }  // namespace shoal::backend_checks

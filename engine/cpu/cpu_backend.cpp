@@ -1114,12 +1114,7 @@ class CpuBackend final : public Backend {
   }
 
   void scatter_rows(const Tensor& src, const Tensor& idx, Tensor& dst) override {
-    check_rows(src, "scatter_rows src");
-    check_rows(dst, "scatter_rows dst");
-    SHOAL_CHECK(idx.dtype() == DType::i32 && idx.is_contiguous() && idx.numel() == src.size(0) &&
-                    dst.size(1) == src.size(1),
-                "scatter_rows: src {} idx {} dst {}", src.describe(), idx.describe(),
-                dst.describe());
+    backend_checks::scatter_rows(src, idx, dst, Device::cpu);
     const int32_t* pi = idx.i32();
     int64_t m = src.size(0), d = src.size(1);
     for (int64_t i = 0; i < m; ++i)

@@ -1150,12 +1150,7 @@ class CudaBackend final : public Backend {
   // ---------------------------------------------------------------- latent KV cache
 
   void scatter_rows(const Tensor& src, const Tensor& idx, Tensor& dst) override {
-    check_rows(src, "scatter_rows src");
-    check_rows(dst, "scatter_rows dst");
-    SHOAL_CHECK(idx.dtype() == DType::i32 && idx.is_contiguous() && idx.numel() == src.size(0) &&
-                    dst.size(1) == src.size(1),
-                "scatter_rows: src {} idx {} dst {}", src.describe(), idx.describe(),
-                dst.describe());
+    backend_checks::scatter_rows(src, idx, dst, Device::cuda);
     Tensor di = on_device(idx, "scatter_rows idx");
     kernels::RowOpParams p;
     p.src = src.f32();
