@@ -2,7 +2,6 @@
 // plain loops over rows that the compiler vectorizes, split across cores with OpenMP. Input checks
 // run before any parallel region (an exception must not escape an OpenMP region).
 #include <cblas.h>
-#include <omp.h>
 
 #include <algorithm>
 #include <cfloat>
@@ -120,9 +119,19 @@ class CpuBackend final : public Backend {
     check_contig_f32(x, "sum_squares");
     const float* p = x.f32();
     int64_t n = x.numel();
+    // Fixed blocks summed in order, so that the result (the gradient norm, hence clipping and
+    // every later step) does not depend on the number of threads.
+    constexpr int64_t block = 65536;
+    int64_t nb = (n + block - 1) / block;
+    std::vector<double> part(size_t(std::max<int64_t>(nb, 1)), 0.0);
+#pragma omp parallel for schedule(static) if (nb > 1)
+    for (int64_t b = 0; b < nb; ++b) {
+      double a = 0;
+      for (int64_t i = b * block, e = std::min(n, i + block); i < e; ++i) a += double(p[i]) * p[i];
+      part[size_t(b)] = a;
+    }
     double acc = 0;
-#pragma omp parallel for reduction(+ : acc) schedule(static) if (n > 65536)
-    for (int64_t i = 0; i < n; ++i) acc += double(p[i]) * p[i];
+    for (double a : part) acc += a;
     return acc;
   }
 
@@ -162,13 +171,15 @@ class CpuBackend final : public Backend {
     const float *pdy = dy.f32(), *px = x.f32(), *pw = w.f32(), *pr = rstd.f32();
     float *pdx = dx.f32(), *pdw = dw.f32();
     int64_t sdy = row_stride(dy), sx = row_stride(x), sdx = row_stride(dx);
-    int nt = omp_get_max_threads();
-    std::vector<float> dw_part(size_t(nt) * size_t(d), 0.0f);
-#pragma omp parallel if (n * d > 16384)
-    {
-      float* my_dw = dw_part.data() + size_t(omp_get_thread_num()) * size_t(d);
-#pragma omp for schedule(static)
-      for (int64_t r = 0; r < n; ++r) {
+    // dw is summed over fixed chunks of rows, then the chunks in order: the same result for
+    // any number of threads.
+    constexpr int64_t chunk = 128;
+    int64_t nc = (n + chunk - 1) / chunk;
+    std::vector<float> dw_part(size_t(nc) * size_t(d), 0.0f);
+#pragma omp parallel for schedule(static) if (n * d > 16384)
+    for (int64_t c = 0; c < nc; ++c) {
+      float* my_dw = dw_part.data() + size_t(c) * size_t(d);
+      for (int64_t r = c * chunk, r_end = std::min(n, r + chunk); r < r_end; ++r) {
         const float* dyr = pdy + r * sdy;
         const float* xr = px + r * sx;
         float* dxr = pdx + r * sdx;
@@ -183,8 +194,8 @@ class CpuBackend final : public Backend {
         for (int64_t i = 0; i < d; ++i) dxr[i] = inv * (dyr[i] * pw[i] - xr[i] * inv * mean);
       }
     }
-    for (int t = 0; t < nt; ++t)
-      for (int64_t i = 0; i < d; ++i) pdw[i] += dw_part[size_t(t) * size_t(d) + size_t(i)];
+    for (int64_t c = 0; c < nc; ++c)
+      for (int64_t i = 0; i < d; ++i) pdw[i] += dw_part[size_t(c) * size_t(d) + size_t(i)];
   }
 
   void rope(Tensor& x, const Tensor& positions, const Tensor& cos_sin, bool interleaved,
@@ -762,8 +773,10 @@ class CpuBackend final : public Backend {
     int64_t sx = row_stride(logits);
     float* pd = dlogits ? dlogits->f32() : nullptr;
     int64_t sd = dlogits ? row_stride(*dlogits) : 0;
-    double total = 0;
-#pragma omp parallel for reduction(+ : total) schedule(static) if (n * vocab > 16384)
+    // Per-row losses summed in row order afterwards: the total does not depend on the number of
+    // threads.
+    std::vector<double> row_loss(size_t(n), 0.0);
+#pragma omp parallel for schedule(static) if (n * vocab > 16384)
     for (int64_t r = 0; r < n; ++r) {
       const float* x = px + r * sx;
       float* d = pd ? pd + r * sd : nullptr;
@@ -777,13 +790,15 @@ class CpuBackend final : public Backend {
       for (int64_t i = 0; i < vocab; ++i) sum += std::exp(double(x[i] - mx));
       double lse = double(mx) + std::log(sum);
       double xl = x[pl[r]];
-      total += lse - xl;
+      row_loss[size_t(r)] = lse - xl;
       if (d) {
         float inv = float(1.0 / sum);
         for (int64_t i = 0; i < vocab; ++i) d[i] = grad_scale * std::exp(x[i] - mx) * inv;
         d[pl[r]] -= grad_scale;
       }
     }
+    double total = 0;
+    for (double l : row_loss) total += l;
     return total;
   }
 
