@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "base/error.h"
+#include "bench/op_flops.h"
 #include "engine/backend.h"
 #include "engine/model/config.h"
 #include "engine/model/model.h"
@@ -31,6 +32,10 @@
 
 namespace shoal {
 namespace {
+
+using bench::batched_matmul_flops;
+using bench::GemmKey;
+using bench::grouped_matmul_flops;
 
 using Clock = std::chrono::steady_clock;
 double since(Clock::time_point t0) {
@@ -107,12 +112,6 @@ struct OpStat {
   int64_t calls = 0;
 };
 
-struct GemmKey {
-  int64_t m, n, k;
-  bool ta, tb;
-  auto operator<=>(const GemmKey&) const = default;
-};
-
 // FLOPs of the CPU attention as implemented: the full L x L score matrix per head (no causal
 // skipping), P V; backward recomputes S, then dP = dO V^T, dV = P^T dO, dQ = dS K, dK = dS^T Q.
 double attention_flops(int64_t heads, int64_t dk, int64_t dv, const std::vector<int64_t>& cu,
@@ -121,18 +120,6 @@ double attention_flops(int64_t heads, int64_t dk, int64_t dv, const std::vector<
   for (size_t s = 0; s + 1 < cu.size(); ++s) {
     double l = double(cu[s + 1] - cu[s]);
     f += 2.0 * l * l * double(heads) * (backward ? double(3 * dk + 2 * dv) : double(dk + dv));
-  }
-  return f;
-}
-
-// 2 m n k summed over the groups of a Backend::grouped_matmul call.
-inline double grouped_matmul_flops(const Tensor& a, bool ta, const Tensor& b, bool tb,
-                                   const std::vector<int64_t>& group_rows) {
-  double f = 0;
-  for (int64_t r : group_rows) {
-    const int64_t a0 = a.ndim() == 3 ? a.size(1) : r, a1 = a.size(-1);
-    const int64_t b0 = b.ndim() == 3 ? b.size(1) : r, b1 = b.size(-1);
-    f += 2.0 * double(ta ? a1 : a0) * double(ta ? a0 : a1) * double(tb ? b0 : b1);
   }
   return f;
 }
@@ -150,6 +137,7 @@ class TimingBackend final : public Backend {
 
   Device device() const override { return be_.device(); }
   Allocator& allocator() override { return be_.allocator(); }
+  Allocator& host_allocator() override { return be_.host_allocator(); }
 
   void zero(Tensor& t) override {
     timed("zero", 0, [&] { be_.zero(t); });
@@ -184,6 +172,11 @@ class TimingBackend final : public Backend {
                       const std::vector<int64_t>& group_rows, float alpha, float beta) override {
     timed("grouped_matmul", grouped_matmul_flops(a, ta, b, tb, group_rows),
           [&] { be_.grouped_matmul(a, ta, b, tb, c, group_rows, alpha, beta); });
+  }
+  void batched_matmul(const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c, float alpha,
+                      float beta) override {
+    timed("batched_matmul", batched_matmul_flops(a, ta, c),
+          [&] { be_.batched_matmul(a, ta, b, tb, c, alpha, beta); });
   }
   void add(Tensor& y, const Tensor& x, float alpha) override {
     timed("add", 0, [&] { be_.add(y, x, alpha); });
@@ -320,9 +313,20 @@ class TimingBackend final : public Backend {
                            scale, out);
     });
   }
+  void sample_rows(const Tensor& logits, const std::vector<TokenDraw>& draws,
+                   std::vector<int32_t>& ids, std::vector<float>& logprobs) override {
+    timed("sample_rows", 0, [&] { be_.sample_rows(logits, draws, ids, logprobs); });
+  }
   void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
              const AdamWParams& p) override {
     timed("adamw", 0, [&] { be_.adamw(param, grad, m, v, p); });
+  }
+  void grad_clip_factor(const std::vector<Tensor>& grads, double max_norm, Tensor& clip) override {
+    timed("grad_clip_factor", 0, [&] { be_.grad_clip_factor(grads, max_norm, clip); });
+  }
+  void adamw_multi(const std::vector<AdamWTensor>& ts, const AdamWParams& p,
+                   const Tensor* clip) override {
+    timed("adamw_multi", 0, [&] { be_.adamw_multi(ts, p, clip); });
   }
 
  private:

@@ -6,13 +6,17 @@
 //    B random P-token prompts, --new tokens each: B * new / seconds, prefill included -- the shape
 //    of shared/bench/baseline_hf.py's generate numbers. Then the decode step alone
 //    (Model::forward_cached, one new token per sequence at about P + new/2 cached tokens) and the
-//    [B, vocab] logits copy to the host that each step includes.
+//    [B, vocab] logits copy to the host that each step includes; the same steps with the logits
+//    kept on the device and the tokens drawn there (Backend::sample_rows, what the scheduler
+//    does now), and sample_rows alone (greedy and top-p) on the [B, vocab] logits.
+//  - --profile N: N such device-sampled decode steps at each batch with every op synchronised
+//    and timed (bench::CudaTimingBackend), printed op by op and the largest GEMM shapes.
 //  - the absorbed decode attention kernel (Backend::latent_attention) on long contexts: achieved
 //    read bandwidth of the latent cache against the H200's 4.2 TB/s.
 //
 //   bench_cuda_decode --config moe-2b.json [--prompt 256] [--new 128] [--batches 1,32,256]
 //                     [--reps 3] [--max-tokens 16384] [--gemm f32,bf16]
-//                     [--attention f32,tf32,bf16] [--seed 0] [--no-generate]
+//                     [--attention f32,tf32,bf16] [--seed 0] [--no-generate] [--profile 0]
 // One line "RESULT {json}" per precision on stdout (for bench/cuda_bench.sh).
 #include <algorithm>
 #include <chrono>
@@ -52,7 +56,7 @@ std::vector<std::string> split(const std::string& s) {
 
 struct Options {
   std::string config;
-  int64_t prompt = 256, new_tokens = 128, reps = 3, max_tokens = 16384;
+  int64_t prompt = 256, new_tokens = 128, reps = 3, max_tokens = 16384, profile = 0;
   bool generate = true;
   uint64_t seed = 0;
   std::vector<int64_t> batches{1, 32, 256};
@@ -110,7 +114,7 @@ void kernel_bandwidth(const ModelConfig& cfg, Backend& be, nlohmann::json& j) {
   }
 }
 
-void decode(const Options& o, const ModelConfig& cfg, Backend& be, Model& model,
+void decode(const Options& o, const ModelConfig& cfg, bench::CudaTimingBackend& be, Model& model,
             nlohmann::json& j) {
   std::mt19937 rng(uint32_t(o.seed) + 11);
   SamplingParams sp;
@@ -180,6 +184,74 @@ void decode(const Options& o, const ModelConfig& cfg, Backend& be, Model& model,
     j["decode_step_b" + std::to_string(b) + "_ms"] = step * 1e3;
     j["decode_step_b" + std::to_string(b) + "_tokens_per_s"] = double(b) / step;
     j["logits_copy_b" + std::to_string(b) + "_ms"] = copy * 1e3;
+
+    // The same steps with the logits left on the device and the greedy tokens drawn there: only
+    // ids and log-probs come back.
+    CachedForwardOptions on_device = last;
+    on_device.device_logits = true;
+    std::vector<TokenDraw> greedy(static_cast<size_t>(b));
+    for (int64_t r = 0; r < b; ++r) greedy[size_t(r)].row = r, greedy[size_t(r)].greedy = true;
+    std::vector<int32_t> ids(static_cast<size_t>(b), 5);
+    std::vector<float> lps;
+    Tensor dlogits;
+    auto device_step = [&] {
+      std::vector<std::vector<int32_t>> t;
+      for (int32_t id : ids) t.push_back({id});
+      dlogits = model.forward_cached(cache, seqs, t, on_device);
+      be.sample_rows(dlogits, greedy, ids, lps);
+    };
+    device_step();
+    cuda_synchronize();
+    t0 = Clock::now();
+    for (int64_t s = 0; s < steps; ++s) device_step();
+    const double step_dev = since(t0) / steps;
+    // sample_rows alone on these logits: greedy, and top-p 0.9 at temperature 1.
+    std::vector<TokenDraw> nucleus = greedy;
+    for (auto& d : nucleus) d.greedy = false, d.top_p = 0.9f, d.u = 0.37;
+    double sample_ms[2];
+    for (int k = 0; k < 2; ++k) {
+      be.sample_rows(dlogits, k ? nucleus : greedy, ids, lps);
+      t0 = Clock::now();
+      for (int r = 0; r < 10; ++r) be.sample_rows(dlogits, k ? nucleus : greedy, ids, lps);
+      sample_ms[k] = since(t0) / 10 * 1e3;
+    }
+    std::printf(
+        "decode step batch %4lld, tokens drawn on the device: %.2f ms/step (%.0f tokens/s); "
+        "sample_rows alone %.3f ms greedy, %.3f ms top-p 0.9\n",
+        (long long)b, step_dev * 1e3, double(b) / step_dev, sample_ms[0], sample_ms[1]);
+    j["decode_step_device_b" + std::to_string(b) + "_ms"] = step_dev * 1e3;
+    j["sample_rows_greedy_b" + std::to_string(b) + "_ms"] = sample_ms[0];
+    j["sample_rows_top_p_b" + std::to_string(b) + "_ms"] = sample_ms[1];
+
+    if (o.profile > 0) {
+      be.reset();
+      be.enabled = true;
+      t0 = Clock::now();
+      for (int64_t s = 0; s < o.profile; ++s) device_step();
+      const double prof = since(t0) / double(o.profile);
+      be.enabled = false;
+      double op_total = 0;
+      for (auto& [name, st] : be.ops) op_total += st.sec;
+      std::printf(
+          "\nprofile batch %lld (%lld decode step(s), every op synchronised: %.2f ms per step, ops "
+          "%.2f ms)\n%-20s %10s %7s %8s %10s\n",
+          (long long)b, (long long)o.profile, prof * 1e3, op_total / double(o.profile) * 1e3, "op",
+          "ms/step", "share", "calls", "TFLOP/s");
+      for (auto& [name, st] : be.sorted_ops())
+        std::printf("%-20s %10.3f %6.1f%% %8lld %10.2f\n", name.c_str(),
+                    st.sec / double(o.profile) * 1e3, 100.0 * st.sec / op_total,
+                    (long long)(st.calls / o.profile),
+                    st.flops > 0 ? st.flops / st.sec * 1e-12 : 0.0);
+      int shown = 0;
+      for (auto& [k, st] : be.sorted_gemms()) {
+        if (shown++ >= 12) break;
+        std::printf("  matmul %6lld x %6lld x %6lld %s%s %8.3f ms/step %6lld calls %8.2f TFLOP/s\n",
+                    (long long)k.m, (long long)k.n, (long long)k.k, k.ta ? "T" : "N",
+                    k.tb ? "T" : "N", st.sec / double(o.profile) * 1e3,
+                    (long long)(st.calls / o.profile), st.flops / st.sec * 1e-12);
+      }
+      std::printf("\n");
+    }
   }
 }
 
@@ -187,8 +259,10 @@ nlohmann::json run(const Options& o, CudaGemm gemm, CudaAttention attention) {
   std::printf("\n=== gemm %s, attention %s: %s ===\n", cuda_gemm_name(gemm),
               cuda_attention_name(attention), o.config.c_str());
   ModelConfig cfg = ModelConfig::load(o.config);
-  auto be = make_cuda_backend(0, CudaBackendOptions{gemm, false, attention});
-  Model model(cfg, *be);
+  auto inner = make_cuda_backend(0, CudaBackendOptions{gemm, false, attention});
+  bench::CudaTimingBackend timing(*inner);  // forwards only, unless --profile enables it
+  Backend* be = &timing;
+  Model model(cfg, timing);
   auto t0 = Clock::now();
   bench::init_random_parallel(model, o.seed);
   std::printf("init %.1f s\n", since(t0));
@@ -230,7 +304,7 @@ nlohmann::json run(const Options& o, CudaGemm gemm, CudaAttention attention) {
     j["prefill_b" + std::to_string(b) + "_tokens_per_s"] = tps;
     j["prefill_b" + std::to_string(b) + "_s"] = dt;
   }
-  if (o.generate) decode(o, cfg, *be, model, j);
+  if (o.generate) decode(o, cfg, timing, model, j);
   kernel_bandwidth(cfg, *be, j);
   std::printf("RESULT %s\n", j.dump().c_str());
   std::fflush(stdout);
@@ -255,6 +329,8 @@ int main_impl(int argc, char** argv) {
       o.new_tokens = std::stoll(next());
     } else if (a == "--no-generate") {
       o.generate = false;
+    } else if (a == "--profile") {
+      o.profile = std::stoll(next());
     } else if (a == "--reps") {
       o.reps = std::stoll(next());
     } else if (a == "--seed") {

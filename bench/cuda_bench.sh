@@ -67,6 +67,9 @@ for d in dec:
             if f"decode_step_b{b}_ms" in d:
                 note += (f"; decode step {d[f'decode_step_b{b}_ms']:.1f} ms, of which logits to host "
                          f"{d[f'logits_copy_b{b}_ms']:.1f} ms")
+            if f"decode_step_device_b{b}_ms" in d:
+                note += (f"; with the tokens drawn on the device {d[f'decode_step_device_b{b}_ms']:.1f} ms "
+                         f"(sample_rows greedy {d[f'sample_rows_greedy_b{b}_ms']:.2f} ms)")
             rows.append((f"generate b{b} ({d.get('new_tokens', 128)} new after {d['prompt']}; {d['gemm']} GEMMs)",
                          d[k], base.get(k), note))
 if not any(k.startswith("generate_b") for d in dec for k in d):

@@ -24,9 +24,30 @@ struct TokenSets {
   Tensor offsets, ids;
 };
 
+// One token draw of Backend::sample_rows: from row `row` of the logits, greedy (the argmax, the
+// first of equal maxima) or from softmax(row / temperature) truncated to the top_k most likely
+// ids (0 = off), then to the shortest prefix of them holding top_p of the whole mass (1 = off),
+// then to the ids with p >= min_p * p_max (0 = off); the id drawn is the first, in descending
+// order of logit (equal logits by id), where the kept mass summed so far exceeds u times its
+// total. u in [0, 1) comes from the caller (the sample's own generator on the host).
+struct TokenDraw {
+  int64_t row = 0;
+  bool greedy = false;
+  float temperature = 1.0f;
+  int64_t top_k = 0;
+  float top_p = 1.0f, min_p = 0.0f;
+  double u = 0;
+};
+
 struct AdamWParams {
   float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, weight_decay = 0.0f;
   int64_t step = 1;  // 1-based, for bias correction
+};
+
+// One parameter of Backend::adamw_multi (tensors are handles: the update writes through them).
+struct AdamWTensor {
+  Tensor param, grad, m, v;
+  float weight_decay = 0.0f;
 };
 
 class Backend {
@@ -34,6 +55,9 @@ class Backend {
   virtual ~Backend() = default;
   virtual Device device() const = 0;
   virtual Allocator& allocator() = 0;
+  // Host memory that this device copies to and from fastest (page-locked for CUDA), for buffers
+  // reused across calls; CPU tensors like any other.
+  virtual Allocator& host_allocator() { return cpu_allocator(); }
   Tensor empty(const Shape& shape, DType dtype = DType::f32) {
     return Tensor::empty(shape, dtype, allocator());
   }
@@ -65,6 +89,13 @@ class Backend {
   virtual void grouped_matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b,
                               Tensor& c, const std::vector<int64_t>& group_rows, float alpha = 1.0f,
                               float beta = 0.0f) = 0;
+  // One matmul per batch index, all of one shape: c[i] = alpha * op(a[i]) @ op(b[i]) + beta *
+  // c[i] for i < B. 3-D f32 operands [B, rows, cols] with unit last stride; the batch and row
+  // strides are free, so a per-head slice of a [N, H, d] activation viewed head-first
+  // (x.slice(2, 0, dn).transpose(0, 1), [H, N, dn]) is a valid operand without a copy. The three
+  // operands have the same B; c's matrices must not overlap. Same precision as matmul.
+  virtual void batched_matmul(const Tensor& a, bool trans_a, const Tensor& b, bool trans_b,
+                              Tensor& c, float alpha = 1.0f, float beta = 0.0f) = 0;
   // y += alpha * x; same shape; contiguous, or 1-3-D views with unit last stride.
   virtual void add(Tensor& y, const Tensor& x, float alpha = 1.0f) = 0;
   virtual void scale(Tensor& y, float s) = 0;
@@ -210,10 +241,33 @@ class Backend {
                                 const Tensor& row_len, int64_t max_len, const Tensor* key_idx,
                                 float scale, Tensor& out) = 0;
 
+  // --- sampling ---
+  // One token per draw from logits [R, V] (f32, unit last stride; each draw's row < R): ids and
+  // their log-probs under the distribution drawn from (temperature and truncation applied; greedy:
+  // the model's own distribution), on the host. The CPU backend computes exactly
+  // engine/generate's sample_token; the CUDA backend the same draw up to summation order
+  // (kernels/sampling/sampling.h).
+  virtual void sample_rows(const Tensor& logits, const std::vector<TokenDraw>& draws,
+                           std::vector<int32_t>& ids, std::vector<float>& logprobs) = 0;
+
   // --- optimizer ---
   // One AdamW step with decoupled weight decay; param/grad/m/v same shape, f32.
   virtual void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
                      const AdamWParams& p) = 0;
+  // Global-norm gradient clipping without a host round trip: clip (f64 [2] on this device) gets
+  // the L2 norm of all grads (their squares summed in f64) and the factor
+  // float(max_norm / (norm + 1e-6)) when max_norm > 0 and norm > max_norm, else 1, as
+  // ParamSet::clip_grad_norm computes them. The grads are left as they are (adamw_multi applies
+  // the factor). Contiguous f32 grads.
+  virtual void grad_clip_factor(const std::vector<Tensor>& grads, double max_norm,
+                                Tensor& clip) = 0;
+  // The optimizer's step over all its parameters at once: each entry as adamw() with its own
+  // weight_decay (p.weight_decay is not used) and its gradient first multiplied by float(clip[1])
+  // (clip as grad_clip_factor leaves it; nullptr: 1), so equal to scaling the grads and then one
+  // adamw per tensor. Parameters must not overlap. The CUDA backend refreshes its bf16 GEMM copies
+  // of the parameters in the same pass.
+  virtual void adamw_multi(const std::vector<AdamWTensor>& tensors, const AdamWParams& p,
+                           const Tensor* clip) = 0;
 };
 
 std::unique_ptr<Backend> make_cpu_backend();

@@ -2,6 +2,8 @@
 #include "engine/backend_checks.h"
 
 #include <algorithm>
+#include <climits>
+#include <cmath>
 
 #include "base/error.h"
 
@@ -70,6 +72,30 @@ std::vector<GemmGroup> grouped_matmul(const Tensor& a, const Tensor& b, const Te
     off += r;
   }
   return out;
+}
+
+BatchedGemm batched_matmul(const Tensor& a, bool ta, const Tensor& b, bool tb, const Tensor& c,
+                           Device device) {
+  const Tensor* ops[3] = {&a, &b, &c};
+  const char* names[3] = {"batched_matmul a", "batched_matmul b", "batched_matmul c"};
+  for (int i = 0; i < 3; ++i) {
+    const Tensor& t = *ops[i];
+    f32(t, device, names[i]);
+    SHOAL_CHECK(t.ndim() == 3 && (t.stride(2) == 1 || t.size(2) <= 1),
+                "{}: expected a 3-D tensor with unit last stride, got {} strides {}", names[i],
+                t.describe(), shape_str(t.strides()));
+  }
+  const int64_t m = ta ? a.size(2) : a.size(1), k = ta ? a.size(1) : a.size(2);
+  const int64_t kb = tb ? b.size(2) : b.size(1), n = tb ? b.size(1) : b.size(2);
+  SHOAL_CHECK(a.size(0) == b.size(0) && a.size(0) == c.size(0) && k == kb && c.size(1) == m &&
+                  c.size(2) == n,
+              "batched_matmul shapes: {}{} x {}{} -> {}", a.describe(), ta ? "^T" : "",
+              b.describe(), tb ? "^T" : "", c.describe());
+  return {a.size(0), m, n, k};
+}
+
+int64_t matrix_row_stride(const Tensor& t) {
+  return std::max<int64_t>(t.stride(1), t.size(2));
 }
 
 int64_t packed_square_size(const std::vector<int64_t>& cu) {
@@ -173,6 +199,34 @@ void scatter_rows(const Tensor& src, const Tensor& idx, const Tensor& dst, Devic
   SHOAL_CHECK(idx.dtype() == DType::i32 && idx.is_contiguous() && idx.numel() == src.size(0) &&
                   dst.size(1) == src.size(1),
               "scatter_rows: src {} idx {} dst {}", src.describe(), idx.describe(), dst.describe());
+}
+
+void sample_rows(const Tensor& logits, const std::vector<TokenDraw>& draws, Device device) {
+  rows(logits, device, "sample_rows logits");
+  SHOAL_CHECK(logits.size(1) >= 1 && logits.size(1) <= INT32_MAX,
+              "sample_rows: vocabulary of {} ids (logits {})", logits.size(1), logits.describe());
+  for (size_t i = 0; i < draws.size(); ++i) {
+    const TokenDraw& d = draws[i];
+    SHOAL_CHECK(d.row >= 0 && d.row < logits.size(0), "sample_rows: draw {} names row {} of {}", i,
+                d.row, logits.size(0));
+    if (d.greedy) continue;
+    SHOAL_CHECK(std::isfinite(d.temperature) && d.temperature > 0 && d.top_k >= 0 && d.top_p > 0 &&
+                    d.top_p <= 1 && d.min_p >= 0 && d.min_p < 1 && d.u >= 0 && d.u < 1,
+                "sample_rows: draw {}: temperature {} top_k {} top_p {} min_p {} u {}", i,
+                d.temperature, d.top_k, d.top_p, d.min_p, d.u);
+  }
+}
+
+kernels::SampleDraw sample_draw(const TokenDraw& d, int64_t vocab) {
+  kernels::SampleDraw k;
+  k.row = d.row;
+  k.greedy = d.greedy ? 1 : 0;
+  k.top_k = int32_t(d.top_k < vocab ? d.top_k : 0);
+  k.temperature = d.temperature;
+  k.top_p = d.top_p;
+  k.min_p = d.min_p;
+  k.u = d.u;
+  return k;
 }
 
 }  // namespace shoal::backend_checks

@@ -5,7 +5,9 @@
 
 #include <vector>
 
+#include "engine/backend.h"
 #include "engine/tensor.h"
+#include "kernels/sampling/sampling.h"
 
 namespace shoal::backend_checks {
 
@@ -29,6 +31,16 @@ struct GemmGroup {
 std::vector<GemmGroup> grouped_matmul(const Tensor& a, const Tensor& b, const Tensor& c,
                                       const std::vector<int64_t>& group_rows, Device device);
 
+// Backend::batched_matmul's operands: f32 on `device`, 3-D with unit last stride, the same
+// batch size, and shapes that multiply (op(a[i]) [m, k], op(b[i]) [k, n], c[i] [m, n]).
+struct BatchedGemm {
+  int64_t batch, m, n, k;
+};
+BatchedGemm batched_matmul(const Tensor& a, bool ta, const Tensor& b, bool tb, const Tensor& c,
+                           Device device);
+// The distance between rows of a 3-D tensor's matrices with unit last stride.
+int64_t matrix_row_stride(const Tensor& t);
+
 void rmsnorm(const Tensor& x, const Tensor& w, const Tensor& y, const Tensor& rstd, Device device);
 void layernorm(const Tensor& x, const Tensor& w, const Tensor& b, const Tensor& y,
                const Tensor& mean, const Tensor& rstd, Device device);
@@ -48,5 +60,12 @@ void latent_attention(const Tensor& q, const Tensor& pool, int64_t page_tokens,
 // Backend::scatter_rows's layouts: src [M, D] and dst [R, D] rows (unit last stride), idx i32
 // contiguous [M]. Index values are checked by the backend.
 void scatter_rows(const Tensor& src, const Tensor& idx, const Tensor& dst, Device device);
+
+// Backend::sample_rows: logits [R, V] rows (unit last stride, V >= 1); every draw's row in [0,
+// R), its parameters valid (temperature > 0 and finite unless greedy, top_k >= 0, top_p in (0,
+// 1], min_p in [0, 1), u in [0, 1)).
+void sample_rows(const Tensor& logits, const std::vector<TokenDraw>& draws, Device device);
+// A checked draw as the sampling kernels take it (top_k beyond the vocabulary is off).
+kernels::SampleDraw sample_draw(const TokenDraw& d, int64_t vocab);
 
 }  // namespace shoal::backend_checks

@@ -3,6 +3,7 @@
 // A Tensor holds no autograd state: the model's layers save what their backward needs explicitly.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <initializer_list>
@@ -37,6 +38,16 @@ struct Storage {
   Device device = Device::cpu;
   Allocator* allocator = nullptr;   // owner when non-null
   std::shared_ptr<void> keepalive;  // borrowed memory stays valid while this is held
+  // Derived copies: a backend may keep data computed from this storage's contents (the CUDA
+  // backend's bf16 copies of parameters for its bf16 GEMMs) in `derived`, valid while `version`
+  // equals `derived_version`. Every pointer taken into device memory (Tensor::raw on a CUDA
+  // storage, the way every kernel reaches it) counts as a write and bumps `version`, so a write by
+  // any op, test or loader invalidates the copy; a backend reading through `data` directly does
+  // not. `parameter` marks storages worth a kept copy (ParamSet::add sets it).
+  std::atomic<uint64_t> version{0};
+  bool parameter = false;
+  std::shared_ptr<void> derived;
+  uint64_t derived_version = 0;
   Storage() = default;
   Storage(const Storage&) = delete;
   Storage& operator=(const Storage&) = delete;
@@ -71,7 +82,13 @@ class Tensor {
   bool is_contiguous() const;
   bool same_storage(const Tensor& o) const { return storage_ == o.storage_; }
 
-  void* raw() const { return static_cast<char*>(storage_->data) + offset_ * dtype_size(dtype_); }
+  // A pointer for reading or writing; on a device storage it bumps Storage::version (see there).
+  void* raw() const {
+    if (storage_->device != Device::cpu) storage_->version.fetch_add(1, std::memory_order_relaxed);
+    return static_cast<char*>(storage_->data) + offset_ * dtype_size(dtype_);
+  }
+  Storage* storage() const { return storage_.get(); }
+  int64_t offset() const { return offset_; }  // in elements, into storage()'s data
   template <typename T>
   T* data() const {
     check_type(sizeof(T));

@@ -32,6 +32,34 @@ inline float sigmoidf(float x) {
   return 1.0f / (1.0f + std::exp(-x));
 }
 
+// The reference AdamW update; the gradient is multiplied by `factor` first (the clip factor, a
+// f32 multiply as ParamSet::clip_grad_norm's scale; 1 is exact).
+void adamw_one(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v, const AdamWParams& p,
+               float weight_decay, float factor) {
+  for (const Tensor* t : {(const Tensor*)&param, &grad, (const Tensor*)&m, (const Tensor*)&v})
+    check_contig_f32(*t, "adamw");
+  SHOAL_CHECK(
+      param.shape() == grad.shape() && m.shape() == grad.shape() && v.shape() == grad.shape(),
+      "adamw: shapes differ ({})", param.describe());
+  SHOAL_CHECK(p.step >= 1, "adamw: step must be >= 1");
+  float* pp = param.f32();
+  const float* pg = grad.f32();
+  float *pm = m.f32(), *pv = v.f32();
+  float bc1 = float(1.0 - std::pow(double(p.beta1), double(p.step)));
+  float bc2 = float(1.0 - std::pow(double(p.beta2), double(p.step)));
+  float decay = 1.0f - p.lr * weight_decay;
+  float step = p.lr / bc1;
+  float inv_sqrt_bc2 = 1.0f / std::sqrt(bc2);
+  int64_t n = param.numel();
+#pragma omp parallel for simd schedule(static) if (n > 65536)
+  for (int64_t i = 0; i < n; ++i) {
+    float g = pg[i] * factor;
+    pm[i] = p.beta1 * pm[i] + (1.0f - p.beta1) * g;
+    pv[i] = p.beta2 * pv[i] + (1.0f - p.beta2) * g * g;
+    pp[i] = pp[i] * decay - step * pm[i] / (std::sqrt(pv[i]) * inv_sqrt_bc2 + p.eps);
+  }
+}
+
 class CpuBackend final : public Backend {
  public:
   Device device() const override { return Device::cpu; }
@@ -74,6 +102,16 @@ class CpuBackend final : public Backend {
                       const std::vector<int64_t>& group_rows, float alpha, float beta) override {
     for (auto& g : backend_checks::grouped_matmul(a, b, c, group_rows, Device::cpu))
       matmul(g.a, ta, g.b, tb, g.c, alpha, beta);
+  }
+
+  // The reference: one matmul per batch index.
+  void batched_matmul(const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c, float alpha,
+                      float beta) override {
+    const auto g = backend_checks::batched_matmul(a, ta, b, tb, c, Device::cpu);
+    for (int64_t i = 0; i < g.batch; ++i) {
+      Tensor ci = c.select(0, i);
+      matmul(a.select(0, i), ta, b.select(0, i), tb, ci, alpha, beta);
+    }
   }
 
   void add(Tensor& y, const Tensor& x, float alpha) override {
@@ -1200,29 +1238,54 @@ class CpuBackend final : public Backend {
     }
   }
 
+  // The reference draw (kernels/sampling/sampling_ref.cpp, which sample_token also runs), draws in
+  // parallel.
+  void sample_rows(const Tensor& logits, const std::vector<TokenDraw>& draws,
+                   std::vector<int32_t>& ids, std::vector<float>& logprobs) override {
+    backend_checks::sample_rows(logits, draws, Device::cpu);
+    const int64_t n = int64_t(draws.size()), v = logits.size(1), ld = row_stride(logits);
+    ids.assign(draws.size(), 0);
+    logprobs.assign(draws.size(), 0.0f);
+#pragma omp parallel for schedule(dynamic) if (n > 1)
+    for (int64_t i = 0; i < n; ++i) {
+      const TokenDraw& d = draws[size_t(i)];
+      kernels::SampledToken t =
+          kernels::sample_row_ref(logits.f32() + d.row * ld, v, backend_checks::sample_draw(d, v));
+      ids[size_t(i)] = t.id;
+      logprobs[size_t(i)] = t.logprob;
+    }
+  }
+
   void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
              const AdamWParams& p) override {
-    for (const Tensor* t : {(const Tensor*)&param, &grad, (const Tensor*)&m, (const Tensor*)&v})
-      check_contig_f32(*t, "adamw");
-    SHOAL_CHECK(
-        param.shape() == grad.shape() && m.shape() == grad.shape() && v.shape() == grad.shape(),
-        "adamw: shapes differ ({})", param.describe());
-    SHOAL_CHECK(p.step >= 1, "adamw: step must be >= 1");
-    float* pp = param.f32();
-    const float* pg = grad.f32();
-    float *pm = m.f32(), *pv = v.f32();
-    float bc1 = float(1.0 - std::pow(double(p.beta1), double(p.step)));
-    float bc2 = float(1.0 - std::pow(double(p.beta2), double(p.step)));
-    float decay = 1.0f - p.lr * p.weight_decay;
-    float step = p.lr / bc1;
-    float inv_sqrt_bc2 = 1.0f / std::sqrt(bc2);
-    int64_t n = param.numel();
-#pragma omp parallel for simd schedule(static) if (n > 65536)
-    for (int64_t i = 0; i < n; ++i) {
-      float g = pg[i];
-      pm[i] = p.beta1 * pm[i] + (1.0f - p.beta1) * g;
-      pv[i] = p.beta2 * pv[i] + (1.0f - p.beta2) * g * g;
-      pp[i] = pp[i] * decay - step * pm[i] / (std::sqrt(pv[i]) * inv_sqrt_bc2 + p.eps);
+    adamw_one(param, grad, m, v, p, p.weight_decay, 1.0f);
+  }
+
+  void grad_clip_factor(const std::vector<Tensor>& grads, double max_norm, Tensor& clip) override {
+    SHOAL_CHECK(clip.defined() && clip.device() == Device::cpu && clip.dtype() == DType::f64 &&
+                    clip.numel() == 2 && clip.is_contiguous(),
+                "grad_clip_factor: clip must be a contiguous f64[2] host tensor, got {}",
+                clip.defined() ? clip.describe() : "undefined");
+    double ss = 0;  // per tensor, in order: ParamSet::grad_norm's sum
+    for (const Tensor& g : grads) ss += sum_squares(g);
+    const double norm = std::sqrt(ss);
+    clip.f64()[0] = norm;
+    clip.f64()[1] = max_norm > 0 && norm > max_norm ? double(float(max_norm / (norm + 1e-6))) : 1.0;
+  }
+
+  void adamw_multi(const std::vector<AdamWTensor>& ts, const AdamWParams& p,
+                   const Tensor* clip) override {
+    float factor = 1.0f;
+    if (clip) {
+      SHOAL_CHECK(clip->device() == Device::cpu && clip->dtype() == DType::f64 &&
+                      clip->numel() == 2 && clip->is_contiguous(),
+                  "adamw_multi: clip must be a contiguous f64[2] host tensor, got {}",
+                  clip->describe());
+      factor = float(clip->f64()[1]);
+    }
+    for (const AdamWTensor& t : ts) {
+      Tensor param = t.param, m = t.m, v = t.v;
+      adamw_one(param, t.grad, m, v, p, t.weight_decay, factor);
     }
   }
 };

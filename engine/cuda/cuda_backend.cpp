@@ -28,6 +28,7 @@
 #include "kernels/optim/adamw.h"
 #include "kernels/rope/rope.h"
 #include "kernels/rows/row_ops.h"
+#include "kernels/sampling/sampling.h"
 
 namespace shoal {
 namespace {
@@ -84,6 +85,28 @@ kernels::ElemType elem_type(DType t) {
   SHOAL_FAIL("CUDA copy: dtype {} is not supported on the device yet", dtype_name(t));
 }
 
+// Page-locked host memory (Backend::host_allocator): copies between it and the device run at the
+// link's rate with no staging. Blocks come from and go back to the driver each time (slow), so
+// callers keep their buffers.
+class PinnedAllocator final : public Allocator {
+ public:
+  void* allocate(size_t bytes) override {
+    if (bytes == 0) return nullptr;
+    void* p = nullptr;
+    const cudaError_t err = cudaMallocHost(&p, bytes);
+    if (err != cudaSuccess) {
+      cudaGetLastError();
+      SHOAL_FAIL("CUDA: page-locked host allocation of {} bytes failed ({}: {})", bytes,
+                 cudaGetErrorName(err), cudaGetErrorString(err));
+    }
+    return p;
+  }
+  void deallocate(void* p, size_t) override {
+    if (p != nullptr && cudaFreeHost(p) != cudaSuccess) cudaGetLastError();
+  }
+  Device device() const override { return Device::cpu; }
+};
+
 class CudaBackend final : public Backend {
  public:
   CudaBackend(int device, const CudaBackendOptions& options)
@@ -101,6 +124,10 @@ class CudaBackend final : public Backend {
 
   Device device() const override { return Device::cuda; }
   Allocator& allocator() override { return *ctx_.allocator; }
+  Allocator& host_allocator() override {
+    static PinnedAllocator* pinned = new PinnedAllocator;  // never destroyed, like the contexts
+    return *pinned;
+  }
 
   // ---------------------------------------------------------------- memory
 
@@ -125,6 +152,13 @@ class CudaBackend final : public Backend {
       return;
     }
     if (sd && !dd) {
+      if (src.dtype() == dst.dtype() && src.is_contiguous() && dst.is_contiguous()) {
+        if (src.nbytes() > 0)  // straight into dst (fast when dst is page-locked)
+          SHOAL_CUDA_CHECK(cudaMemcpyAsync(dst.raw(), src.raw(), src.nbytes(),
+                                           cudaMemcpyDeviceToHost, stream()));
+        cuda::synchronize_and_check(ctx_);
+        return;
+      }
       Tensor h = to_host(src);
       dst.copy_from(h);
       return;
@@ -157,9 +191,12 @@ class CudaBackend final : public Backend {
       copy(t, c);
     }
     Tensor h = Tensor::empty(t.shape(), t.dtype());
+    // Read through Storage::data: a read leaves the storage's version (and a parameter's bf16 GEMM
+    // copy) current.
+    const void* src =
+        static_cast<const char*>(c.storage()->data) + c.offset() * dtype_size(c.dtype());
     if (h.nbytes() > 0)
-      SHOAL_CUDA_CHECK(
-          cudaMemcpyAsync(h.raw(), c.raw(), h.nbytes(), cudaMemcpyDeviceToHost, stream()));
+      SHOAL_CUDA_CHECK(cudaMemcpyAsync(h.raw(), src, h.nbytes(), cudaMemcpyDeviceToHost, stream()));
     cuda::synchronize_and_check(ctx_);
     return h;
   }
@@ -194,15 +231,19 @@ class CudaBackend final : public Backend {
       return;
     }
     SHOAL_CHECK(m <= INT32_MAX && n <= INT32_MAX && k <= INT32_MAX, "matmul: dims exceed int32");
+    if (opt_.gemm == CudaGemm::bf16) {  // bf16 operands (a parameter's kept copy), f32 out
+      const Bf16Operand a16 = bf16_operand(a), b16 = bf16_operand(b);
+      gemm_bf16(ctx_.cublas, a16.ptr, a16.row_stride, ta, b16.ptr, b16.row_stride, tb, c, m, n, k,
+                alpha, beta);
+      return;
+    }
     // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
-    if (opt_.gemm != CudaGemm::f32) {
-      const cublasComputeType_t ct =
-          opt_.gemm == CudaGemm::bf16 ? CUBLAS_COMPUTE_32F_FAST_16BF : CUBLAS_COMPUTE_32F_FAST_TF32;
-      SHOAL_CUBLAS_CHECK(cublasGemmEx(ctx_.cublas, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
-                                      ta ? CUBLAS_OP_T : CUBLAS_OP_N, int(n), int(m), int(k),
-                                      &alpha, b.f32(), CUDA_R_32F, int(row_stride(b)), a.f32(),
-                                      CUDA_R_32F, int(row_stride(a)), &beta, c.f32(), CUDA_R_32F,
-                                      int(row_stride(c)), ct, CUBLAS_GEMM_DEFAULT));
+    if (opt_.gemm == CudaGemm::tf32) {
+      SHOAL_CUBLAS_CHECK(
+          cublasGemmEx(ctx_.cublas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
+                       int(n), int(m), int(k), &alpha, b.f32(), CUDA_R_32F, int(row_stride(b)),
+                       a.f32(), CUDA_R_32F, int(row_stride(a)), &beta, c.f32(), CUDA_R_32F,
+                       int(row_stride(c)), CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT));
       return;
     }
     SHOAL_CUBLAS_CHECK(cublasSgemm(ctx_.cublas, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
@@ -211,20 +252,22 @@ class CudaBackend final : public Backend {
                                    c.f32(), int(row_stride(c))));
   }
 
-  // CudaGrouped picks the path. loop: matmul per group. streams (bf16): each operand rounded once
-  // into a contiguous bf16 copy, then the groups' GEMMs (bf16 in, f32 accumulate and out) on
-  // kLanes streams at once, since the MoE experts' GEMMs (~1,500 x 512 x 2,048) are too small to
-  // fill the GPU one by one. batched: one cuBLAS grouped call, TF32 operands. Note that matmul's
-  // FAST_16BF mode errs like TF32 on f32 operands (tests/cuda/test_grouped_matmul.cpp prints it),
-  // so streams is the only path here whose operands really are bf16. In the moe-2b step neither
-  // grouped path beat loop (docs/PERFORMANCE.md); loop is the default.
+  // CudaGrouped picks the path. loop: one GEMM per group on the backend's stream; in bf16 mode
+  // each operand is rounded once (or a parameter's kept bf16 copy used) for all groups. streams
+  // (bf16): the same bf16 operands, the groups' GEMMs (bf16 in, f32 accumulate and out) on kLanes
+  // streams at once, since the MoE experts' GEMMs (~1,500 x 512 x 2,048) are too small to fill the
+  // GPU one by one. batched: one cuBLAS grouped call, TF32 operands. In the moe-2b step with bf16
+  // GEMMs batched is the fastest (the per-group bf16 GEMMs lose there, likely to cuBLAS's
+  // per-shape kernel choice for row counts that change every step); with tf32 GEMMs loop is
+  // (docs/PERFORMANCE.md). loop is the default.
   void grouped_matmul(const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c,
                       const std::vector<int64_t>& group_rows, float alpha, float beta) override {
     std::vector<backend_checks::GemmGroup> groups =
         backend_checks::grouped_matmul(a, b, c, group_rows, Device::cuda);
-    const bool streams = opt_.grouped == CudaGrouped::streams && opt_.gemm == CudaGemm::bf16;
+    const bool bf16 = opt_.gemm == CudaGemm::bf16;
     const bool batched = opt_.grouped == CudaGrouped::batched && opt_.gemm != CudaGemm::f32;
-    if (!streams && !batched) {
+    const bool streams = opt_.grouped == CudaGrouped::streams && bf16;
+    if (!bf16 && !batched) {
       for (auto& g : groups) matmul(g.a, ta, g.b, tb, g.c, alpha, beta);
       return;
     }
@@ -270,13 +313,19 @@ class CudaBackend final : public Backend {
           CUDA_R_32F, ldc.data(), int(nj), ones.data(), CUBLAS_COMPUTE_32F_FAST_TF32));
       return;
     }
-    const Tensor a16 = to_bf16(a), b16 = to_bf16(b);
-    // Group g's matrix of a bf16 copy: as backend_checks::grouped_matmul slices the f32 operand.
+    const Bf16Operand a16 = bf16_operand(a), b16 = bf16_operand(b);
+    // Group g's matrix of a bf16 operand: as backend_checks::grouped_matmul slices the f32 one.
     std::vector<int64_t> offsets(group_rows.size() + 1, 0);
     for (size_t g = 0; g < group_rows.size(); ++g) offsets[g + 1] = offsets[g] + group_rows[g];
-    auto part = [&](const Tensor& t16, size_t g) {
-      return t16.ndim() == 3 ? t16.select(0, int64_t(g)) : t16.slice(0, offsets[g], offsets[g + 1]);
+    auto part = [&](const Bf16Operand& o, size_t g) {
+      return o.ptr + (o.matrix_stride ? int64_t(g) * o.matrix_stride : offsets[g] * o.row_stride);
     };
+    if (!streams) {
+      for (const Job& j : jobs)
+        gemm_bf16(ctx_.cublas, part(a16, j.group), a16.row_stride, ta, part(b16, j.group),
+                  b16.row_stride, tb, groups[j.group].c, j.m, j.n, j.k, alpha, beta);
+      return;
+    }
     ensure_lanes();
     SHOAL_CUDA_CHECK(cudaEventRecord(fork_, stream()));
     for (GemmLane& l : lanes_) SHOAL_CUDA_CHECK(cudaStreamWaitEvent(l.stream, fork_, 0));
@@ -288,20 +337,59 @@ class CudaBackend final : public Backend {
     for (const Job& j : jobs) {
       const int lane = int(std::min_element(load, load + kLanes) - load);
       load[lane] += double(j.m) * double(j.n) * double(j.k);
-      const Tensor ag = part(a16, j.group), bg = part(b16, j.group);
-      Tensor& cg = groups[j.group].c;
-      // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T, as in matmul.
-      SHOAL_CUBLAS_CHECK(cublasGemmEx(
-          lanes_[size_t(lane)].cublas, tb ? CUBLAS_OP_T : CUBLAS_OP_N,
-          ta ? CUBLAS_OP_T : CUBLAS_OP_N, int(j.n), int(j.m), int(j.k), &alpha, bg.raw(),
-          CUDA_R_16BF, int(row_stride(bg)), ag.raw(), CUDA_R_16BF, int(row_stride(ag)), &beta,
-          cg.f32(), CUDA_R_32F, int(row_stride(cg)), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      gemm_bf16(lanes_[size_t(lane)].cublas, part(a16, j.group), a16.row_stride, ta,
+                part(b16, j.group), b16.row_stride, tb, groups[j.group].c, j.m, j.n, j.k, alpha,
+                beta);
     }
-    // Join before returning: a16 and b16 are freed (stream-ordered) on the main stream.
+    // Join before returning: per-call bf16 copies are freed (stream-ordered) on the main stream.
     for (GemmLane& l : lanes_) {
       SHOAL_CUDA_CHECK(cudaEventRecord(l.done, l.stream));
       SHOAL_CUDA_CHECK(cudaStreamWaitEvent(stream(), l.done, 0));
     }
+  }
+
+  // One cublasGemmStridedBatchedEx (the batch and row strides are the views' own), in the
+  // precision matmul uses for the mode: f32 (no tensor cores), TF32 operands, or bf16 operands
+  // (a parameter's kept copy, an activation rounded into a contiguous copy per call); f32
+  // accumulation and output in all three.
+  void batched_matmul(const Tensor& a, bool ta, const Tensor& b, bool tb, Tensor& c, float alpha,
+                      float beta) override {
+    const auto g = backend_checks::batched_matmul(a, ta, b, tb, c, Device::cuda);
+    if (g.batch == 0 || g.m == 0 || g.n == 0) return;
+    if (g.k == 0) {  // c = beta * c, as matmul does it
+      for (int64_t i = 0; i < g.batch; ++i) {
+        Tensor ci = c.select(0, i);
+        matmul(a.select(0, i), ta, b.select(0, i), tb, ci, alpha, beta);
+      }
+      return;
+    }
+    SHOAL_CHECK(g.m <= INT32_MAX && g.n <= INT32_MAX && g.k <= INT32_MAX && g.batch <= INT32_MAX,
+                "batched_matmul: dims exceed int32");
+    const int m = int(g.m), n = int(g.n), k = int(g.k), batch = int(g.batch);
+    const int ldc = int(backend_checks::matrix_row_stride(c));
+    // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
+    const cublasOperation_t op_b = tb ? CUBLAS_OP_T : CUBLAS_OP_N,
+                            op_a = ta ? CUBLAS_OP_T : CUBLAS_OP_N;
+    if (opt_.gemm == CudaGemm::bf16) {
+      const Bf16Operand a16 = bf16_operand(a), b16 = bf16_operand(b);
+      SHOAL_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+          ctx_.cublas, op_b, op_a, n, m, k, &alpha, b16.ptr, CUDA_R_16BF, int(b16.row_stride),
+          b16.matrix_stride, a16.ptr, CUDA_R_16BF, int(a16.row_stride), a16.matrix_stride, &beta,
+          c.f32(), CUDA_R_32F, ldc, c.stride(0), batch, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      return;
+    }
+    const int lda = int(backend_checks::matrix_row_stride(a)),
+              ldb = int(backend_checks::matrix_row_stride(b));
+    if (opt_.gemm == CudaGemm::tf32) {
+      SHOAL_CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+          ctx_.cublas, op_b, op_a, n, m, k, &alpha, b.f32(), CUDA_R_32F, ldb, b.stride(0), a.f32(),
+          CUDA_R_32F, lda, a.stride(0), &beta, c.f32(), CUDA_R_32F, ldc, c.stride(0), batch,
+          CUBLAS_COMPUTE_32F_FAST_TF32, CUBLAS_GEMM_DEFAULT));
+      return;
+    }
+    SHOAL_CUBLAS_CHECK(cublasSgemmStridedBatched(ctx_.cublas, op_b, op_a, n, m, k, &alpha, b.f32(),
+                                                 ldb, b.stride(0), a.f32(), lda, a.stride(0), &beta,
+                                                 c.f32(), ldc, c.stride(0), batch));
   }
 
   void add(Tensor& y, const Tensor& x, float alpha) override {
@@ -1221,6 +1309,38 @@ class CudaBackend final : public Backend {
     SHOAL_CUDA_CHECK(kernels::latent_attention_cuda(p, stream()));
   }
 
+  // ---------------------------------------------------------------- sampling
+
+  void sample_rows(const Tensor& logits, const std::vector<TokenDraw>& draws,
+                   std::vector<int32_t>& ids, std::vector<float>& logprobs) override {
+    backend_checks::sample_rows(logits, draws, Device::cuda);
+    const int64_t n = int64_t(draws.size()), v = logits.size(1);
+    ids.assign(draws.size(), 0);
+    logprobs.assign(draws.size(), 0.0f);
+    if (n == 0) return;
+    // The draws go up in one copy, ids and log-probs come back in one (8 bytes a draw).
+    const int64_t sz = int64_t(sizeof(kernels::SampleDraw));
+    Tensor hd = Tensor::empty({n * sz}, DType::u8);
+    for (int64_t i = 0; i < n; ++i) {
+      const kernels::SampleDraw k = backend_checks::sample_draw(draws[size_t(i)], v);
+      std::memcpy(static_cast<char*>(hd.raw()) + i * sz, &k, size_t(sz));
+    }
+    Tensor dd = from_host(hd);
+    Tensor out = empty({2 * n}, DType::i32);
+    kernels::SampleRowsParams p;
+    p.logits = logits.f32();
+    p.ld = row_stride(logits);
+    p.vocab = v;
+    p.draws = static_cast<const kernels::SampleDraw*>(dd.raw());
+    p.n = n;
+    p.ids = out.i32();
+    p.logprobs = reinterpret_cast<float*>(out.i32() + n);
+    SHOAL_CUDA_CHECK(kernels::sample_rows_cuda(p, stream()));
+    Tensor h = to_host(out);  // synchronises
+    std::copy_n(h.i32(), n, ids.data());
+    std::memcpy(logprobs.data(), h.i32() + n, size_t(n) * 4);
+  }
+
   // ---------------------------------------------------------------- optimizer
 
   void adamw(Tensor& param, const Tensor& grad, Tensor& m, Tensor& v,
@@ -1249,6 +1369,76 @@ class CudaBackend final : public Backend {
     SHOAL_CUDA_CHECK(kernels::adamw_cuda(p, stream()));
   }
 
+  void grad_clip_factor(const std::vector<Tensor>& grads, double max_norm, Tensor& clip) override {
+    check_clip(clip, "grad_clip_factor");
+    std::vector<kernels::AdamWTensorPtrs> rows;
+    for (const Tensor& g : grads) {
+      check_contig_f32(g, "grad_clip_factor");
+      kernels::AdamWTensorPtrs r;
+      r.grad = g.numel() ? g.f32() : nullptr;
+      r.n = g.numel();
+      rows.push_back(r);
+    }
+    Tensor table;
+    kernels::AdamWMultiParams p = tensor_table(rows, table);
+    Tensor partials = empty({std::max<int64_t>(p.chunks, 1)}, DType::f64);
+    SHOAL_CUDA_CHECK(kernels::grad_clip_cuda(p, max_norm, partials.f64(), clip.f64(), stream()));
+  }
+
+  // One launch for all parameters. A parameter whose bf16 copy (bf16_operand) is current gets the
+  // copy rewritten in the same pass and stays current; any other copy stays stale (its storage's
+  // version moves when the pointers are taken) and is rebuilt at its next use.
+  void adamw_multi(const std::vector<AdamWTensor>& ts, const AdamWParams& ap,
+                   const Tensor* clip) override {
+    SHOAL_CHECK(ap.step >= 1, "adamw: step must be >= 1");
+    if (clip) check_clip(*clip, "adamw_multi");
+    // Which copies are current, decided for every storage before any pointer is taken (taking
+    // one moves the version): those get rewritten, the others stay stale.
+    std::vector<std::pair<Storage*, uint16_t*>> current;
+    for (const AdamWTensor& t : ts) {
+      for (const Tensor* x : {&t.param, &t.grad, &t.m, &t.v}) check_contig_f32(*x, "adamw_multi");
+      SHOAL_CHECK(t.param.shape() == t.grad.shape() && t.m.shape() == t.grad.shape() &&
+                      t.v.shape() == t.grad.shape(),
+                  "adamw_multi: shapes differ ({})", t.param.describe());
+      Storage* st = t.param.storage();
+      if (std::any_of(current.begin(), current.end(), [&](auto& c) { return c.first == st; }))
+        continue;
+      const bool fresh = st->derived && st->derived_version == st->version.load();
+      current.emplace_back(
+          st,
+          fresh ? static_cast<uint16_t*>(static_cast<Tensor*>(st->derived.get())->raw()) : nullptr);
+    }
+    std::vector<kernels::AdamWTensorPtrs> rows;
+    for (const AdamWTensor& t : ts) {
+      if (t.param.numel() == 0) continue;
+      kernels::AdamWTensorPtrs r;
+      r.param = t.param.f32();
+      r.grad = t.grad.f32();
+      r.m = t.m.f32();
+      r.v = t.v.f32();
+      r.n = t.param.numel();
+      r.decay = 1.0f - ap.lr * t.weight_decay;
+      Storage* st = t.param.storage();
+      for (auto& [c, copy] : current)
+        if (c == st && copy) r.shadow = copy + t.param.offset();
+      rows.push_back(r);
+    }
+    Tensor table;
+    kernels::AdamWMultiParams p = tensor_table(rows, table);
+    // The scalars exactly as the CPU backend computes them.
+    const float bc1 = float(1.0 - std::pow(double(ap.beta1), double(ap.step)));
+    const float bc2 = float(1.0 - std::pow(double(ap.beta2), double(ap.step)));
+    p.beta1 = ap.beta1;
+    p.beta2 = ap.beta2;
+    p.eps = ap.eps;
+    p.step = ap.lr / bc1;
+    p.inv_sqrt_bc2 = 1.0f / std::sqrt(bc2);
+    p.clip = clip ? clip->f64() : nullptr;
+    SHOAL_CUDA_CHECK(kernels::adamw_multi_cuda(p, stream()));
+    for (auto& [st, copy] : current)
+      if (copy) st->derived_version = st->version.load();
+  }
+
  private:
   cudaStream_t stream() const { return ctx_.stream; }
 
@@ -1262,6 +1452,99 @@ class CudaBackend final : public Backend {
                 a.describe(), ta ? "^T" : "", b.describe(), tb ? "^T" : "", c.describe());
     SHOAL_CHECK(m <= INT32_MAX && n <= INT32_MAX && k <= INT32_MAX, "matmul: dims exceed int32");
     return {m, n, k};
+  }
+
+  static void check_clip(const Tensor& clip, const char* what) {
+    SHOAL_CHECK(clip.defined() && clip.device() == Device::cuda && clip.dtype() == DType::f64 &&
+                    clip.numel() == 2 && clip.is_contiguous(),
+                "{}: clip must be a contiguous f64[2] device tensor, got {}", what,
+                clip.defined() ? clip.describe() : "undefined");
+  }
+
+  // The multi-tensor kernels' table on the device (one upload): the rows, then each row's first
+  // chunk. `hold` keeps it alive (stream-ordered) until the caller's launch is enqueued.
+  kernels::AdamWMultiParams tensor_table(const std::vector<kernels::AdamWTensorPtrs>& rows,
+                                         Tensor& hold) {
+    const size_t nr = rows.size(), row_bytes = nr * sizeof(kernels::AdamWTensorPtrs);
+    Tensor h = Tensor::empty({int64_t(row_bytes + (nr + 1) * sizeof(int64_t))}, DType::u8);
+    std::memcpy(h.raw(), rows.data(), row_bytes);
+    auto* start = reinterpret_cast<int64_t*>(static_cast<char*>(h.raw()) + row_bytes);
+    start[0] = 0;
+    for (size_t i = 0; i < nr; ++i)
+      start[i + 1] = start[i] + (rows[i].n + kernels::kAdamWChunk - 1) / kernels::kAdamWChunk;
+    kernels::AdamWMultiParams p;
+    p.count = int(nr);
+    p.chunks = start[nr];
+    SHOAL_CHECK(p.chunks <= INT32_MAX, "adamw_multi: {} chunks exceed one launch", p.chunks);
+    if (nr == 0) return p;
+    hold = from_host(h);
+    char* d = static_cast<char*>(hold.raw());
+    p.tensors = reinterpret_cast<const kernels::AdamWTensorPtrs*>(d);
+    p.chunk_start = reinterpret_cast<const int64_t*>(d + row_bytes);
+    return p;
+  }
+
+  // bf16 GEMM operands (CudaGemm::bf16). A parameter's storage (Storage::parameter) keeps a bf16
+  // copy of all its elements in Storage::derived, element for element, so any view of it is the
+  // same view of the copy; the copy is rebuilt when the storage's version has moved (any pointer
+  // taken into it, i.e. any write) and rewritten by adamw_multi in its update pass. Other operands
+  // (activations) are rounded into a contiguous copy per call. Reads go through Storage::data, so
+  // they leave the version alone. Not thread-safe: one thread uses a parameter's copy at a time.
+  struct Bf16Operand {
+    const uint16_t* ptr = nullptr;              // element [0, 0] (or [0, 0, 0])
+    int64_t row_stride = 0, matrix_stride = 0;  // in elements; matrix_stride 0 for 2-D
+    Tensor hold;                                // a per-call copy (stream-ordered free)
+  };
+  Bf16Operand bf16_operand(const Tensor& t) {
+    const int64_t cols = t.size(-1);
+    if (t.storage()->parameter) {
+      Bf16Operand o;
+      o.ptr = kept_bf16(*t.storage()) + t.offset();
+      o.row_stride = std::max(t.stride(-2), cols);
+      o.matrix_stride = t.ndim() == 3 ? t.stride(0) : 0;
+      return o;
+    }
+    Bf16Operand o;
+    o.hold = to_bf16(t);
+    o.ptr = static_cast<const uint16_t*>(o.hold.raw());
+    o.row_stride = cols;
+    o.matrix_stride = t.ndim() == 3 ? t.size(1) * cols : 0;
+    return o;
+  }
+  // The storage's current bf16 copy (made or refreshed on the stream when needed).
+  const uint16_t* kept_bf16(Storage& st) {
+    SHOAL_CHECK(st.device == Device::cuda, "bf16 copy of a parameter that is not on the device");
+    const int64_t n = int64_t(st.bytes / sizeof(float));
+    auto* copy = static_cast<Tensor*>(st.derived.get());
+    if (!copy) {
+      auto t = std::make_shared<Tensor>(empty({n}, DType::bf16));
+      copy = t.get();
+      st.derived = std::move(t);
+      st.derived_version = st.version.load() - 1;  // not current yet
+    }
+    auto* dst = static_cast<uint16_t*>(copy->raw());
+    if (st.derived_version != st.version.load()) {
+      kernels::Bf16RowsParams p;
+      p.src = static_cast<const float*>(st.data);
+      p.dst = dst;
+      p.rows = 1;
+      p.cols = n;
+      p.src_stride = n;
+      SHOAL_CUDA_CHECK(kernels::f32_rows_to_bf16_cuda(p, stream()));
+      st.derived_version = st.version.load();
+    }
+    return dst;
+  }
+  // c = alpha op(a) op(b) + beta c on bf16 operands (row strides lda, ldb), f32 accumulation and
+  // output, on `handle`'s stream.
+  static void gemm_bf16(cublasHandle_t handle, const uint16_t* a, int64_t lda, bool ta,
+                        const uint16_t* b, int64_t ldb, bool tb, Tensor& c, int64_t m, int64_t n,
+                        int64_t k, float alpha, float beta) {
+    // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: swap the operands.
+    SHOAL_CUBLAS_CHECK(cublasGemmEx(
+        handle, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, int(n), int(m),
+        int(k), &alpha, b, CUDA_R_16BF, int(ldb), a, CUDA_R_16BF, int(lda), &beta, c.f32(),
+        CUDA_R_32F, int(row_stride(c)), CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
   }
 
   // A contiguous bf16 copy of an f32 operand (2-D or 3-D, unit last stride), rounded to nearest.

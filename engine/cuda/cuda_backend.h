@@ -14,8 +14,9 @@ namespace shoal {
 
 // How matmul() runs its f32 operands through cuBLAS. f32: plain FP32 GEMMs (the CPU backend's
 // precision; what the f32 tests check). tf32: tensor cores with operands rounded to TF32 (10-bit
-// mantissa). bf16: tensor cores with operands rounded to bf16 (8-bit mantissa,
-// CUBLAS_COMPUTE_32F_FAST_16BF); every mode accumulates in FP32 and stores f32.
+// mantissa). bf16: tensor cores on bf16 operands (8-bit mantissa, rounded to nearest even):
+// parameters through a bf16 copy kept per storage and refreshed by adamw_multi, other operands
+// rounded per call (docs/ENGINE.md, "On the GPU"); every mode accumulates in FP32 and stores f32.
 enum class CudaGemm { f32, tf32, bf16 };
 const char* cuda_gemm_name(CudaGemm g);
 CudaGemm parse_cuda_gemm(const std::string& name);  // "f32", "tf32", "bf16"; throws otherwise

@@ -5,7 +5,9 @@
 #include <cmath>
 #include <numeric>
 
+#include "engine/backend_checks.h"
 #include "engine/generate/scheduler.h"
+#include "kernels/sampling/sampling.h"
 
 namespace shoal {
 
@@ -18,58 +20,24 @@ void SamplingParams::validate() const {
   SHOAL_CHECK(max_tokens > 0, "sampling: max_tokens must be positive, got {}", max_tokens);
 }
 
+TokenDraw token_draw(int64_t row, const SamplingParams& p, std::mt19937_64& rng) {
+  TokenDraw d;
+  d.row = row;
+  d.greedy = p.greedy;
+  d.temperature = p.temperature;
+  d.top_k = p.top_k;
+  d.top_p = p.top_p;
+  d.min_p = p.min_p;
+  // The generator's draw that uniform_real_distribution<double>(0, zk) would scale by zk.
+  if (!p.greedy) d.u = std::uniform_real_distribution<double>(0.0, 1.0)(rng);
+  return d;
+}
+
 std::pair<int32_t, float> sample_token(const float* x, int64_t vocab, const SamplingParams& p,
                                        std::mt19937_64& rng, std::vector<int32_t>* kept) {
-  if (kept) kept->clear();
-  if (p.greedy) {
-    int64_t best = std::max_element(x, x + vocab) - x;
-    double mx = x[best], z = 0;
-    for (int64_t i = 0; i < vocab; ++i) z += std::exp(double(x[i]) - mx);
-    return {int32_t(best), float(-std::log(z))};
-  }
-  std::vector<double> logit(static_cast<size_t>(vocab));
-  for (int64_t i = 0; i < vocab; ++i) logit[size_t(i)] = double(x[i]) / p.temperature;
-  std::vector<int32_t> order(static_cast<size_t>(vocab));
-  std::iota(order.begin(), order.end(), 0);
-  std::stable_sort(order.begin(), order.end(),
-                   [&](int32_t a, int32_t b) { return logit[size_t(a)] > logit[size_t(b)]; });
-  double mx = logit[size_t(order[0])], z = 0;
-  for (double v : logit) z += std::exp(v - mx);
-  // Truncate: top-k, then top-p (smallest prefix with mass >= top_p), then min-p.
-  size_t keep = p.top_k > 0 ? std::min<size_t>(size_t(p.top_k), order.size()) : order.size();
-  if (p.top_p < 1) {
-    double mass = 0;
-    size_t i = 0;
-    while (i < keep) {
-      mass += std::exp(logit[size_t(order[i])] - mx) / z;
-      ++i;
-      if (mass >= p.top_p) break;
-    }
-    keep = i;
-  }
-  if (p.min_p > 0) {
-    size_t i = 1;
-    while (i < keep && std::exp(logit[size_t(order[i])] - mx) >= p.min_p) ++i;
-    keep = i;
-  }
-  double zk = 0;
-  for (size_t i = 0; i < keep; ++i) zk += std::exp(logit[size_t(order[i])] - mx);
-  std::uniform_real_distribution<double> u(0.0, zk);
-  double r = u(rng), acc = 0;
-  size_t pick = keep - 1;
-  for (size_t i = 0; i < keep; ++i) {
-    acc += std::exp(logit[size_t(order[i])] - mx);
-    if (r < acc) {
-      pick = i;
-      break;
-    }
-  }
-  int32_t id = order[pick];
-  if (kept && keep < order.size()) {
-    kept->assign(order.begin(), order.begin() + int64_t(keep));
-    std::sort(kept->begin(), kept->end());
-  }
-  return {id, float(logit[size_t(id)] - mx - std::log(zk))};
+  kernels::SampledToken t = kernels::sample_row_ref(
+      x, vocab, backend_checks::sample_draw(token_draw(0, p, rng), vocab), kept);
+  return {t.id, t.logprob};
 }
 
 std::vector<Generation> generate(Model& model, const std::vector<std::vector<int32_t>>& prompts,

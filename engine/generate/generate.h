@@ -23,12 +23,18 @@ struct SamplingParams {
   void validate() const;  // throws naming the bad parameter
 };
 
-// Samples one id from logits [V]; returns it and its log-probability under the sampling
-// distribution (after temperature and truncation). Greedy returns the argmax and its log-prob
-// under the model's own distribution (temperature 1, no truncation). kept (optional) receives the
-// truncated set as sorted ids, or nothing when the whole vocabulary was kept (greedy included).
+// Samples one id from logits [V] (kernels/sampling/sampling.h's reference); returns it and its
+// log-probability under the sampling distribution (after temperature and truncation). Greedy
+// returns the argmax and its log-prob under the model's own distribution (temperature 1, no
+// truncation). kept (optional) receives the truncated set as sorted ids, or nothing when the whole
+// vocabulary was kept (greedy included).
 std::pair<int32_t, float> sample_token(const float* logits, int64_t vocab, const SamplingParams& p,
                                        std::mt19937_64& rng, std::vector<int32_t>* kept = nullptr);
+// The same draw as Backend::sample_rows takes it: p for logits row `row`, with the one uniform
+// sample_token would take from rng (none when greedy). sample_rows on any backend given
+// token_draw(row, p, rng) picks what sample_token(row's logits, p, rng) picks (the CPU backend
+// exactly; CUDA up to summation order, kernels/sampling/sampling.h).
+TokenDraw token_draw(int64_t row, const SamplingParams& p, std::mt19937_64& rng);
 
 struct Generation {
   std::vector<int32_t> ids;     // generated tokens (without the prompt)

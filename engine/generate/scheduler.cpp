@@ -123,6 +123,8 @@ struct Scheduler::Sample {
   std::vector<int32_t> ids;
   int32_t pending = -1;  // the last sampled token, to be fed next step
   bool done = false;
+  bool has_draw = false;  // draw holds this step's token (drawn before the records are made)
+  Drawn draw;
 };
 
 struct Scheduler::Group {
@@ -311,15 +313,16 @@ std::vector<int32_t> Scheduler::experts_of(const std::vector<Tensor>& routing, i
 }
 
 void Scheduler::accept_token(Group& g, Sample& s, const float* logits,
-                             const std::vector<Tensor>& routing, int64_t row, Drawn* drawn) {
+                             const std::vector<Tensor>& routing, int64_t row) {
   const GenerationRequest& r = g.req;
   TokenRecord t;
   int32_t id;
   float lp;
-  if (drawn) {
-    id = drawn->id;
-    lp = drawn->logprob;
-    if (r.record_sampling_mask) t.sampling_mask = std::move(drawn->kept);
+  if (s.has_draw) {
+    s.has_draw = false;
+    id = s.draw.id;
+    lp = s.draw.logprob;
+    if (r.record_sampling_mask) t.sampling_mask = std::move(s.draw.kept);
   } else {
     std::tie(id, lp) = sample_token(logits, model_.config().vocab_size, r.sampling, s.rng,
                                     r.record_sampling_mask ? &t.sampling_mask : nullptr);
@@ -408,6 +411,7 @@ bool Scheduler::step() {
   CachedForwardOptions opt;
   opt.last_logits_only = true;
   opt.dsa_len = dsa_len;
+  opt.device_logits = true;  // only ids and log-probs come back, unless a request needs the row
   if (routing) opt.routing = &route;
   Tensor logits;
   try {
@@ -420,28 +424,84 @@ bool Scheduler::step() {
     return true;
   }
   const int64_t v = logits.size(1);
-  // Decode rows draw their tokens in parallel (each sample has its own generator; a draw is a
-  // pass over the vocabulary, which at large batches costs more than the forward); the records
-  // are then made in row order as before.
-  std::vector<Drawn> drawn(entries.size());
-#pragma omp parallel for schedule(dynamic) if (entries.size() > 1)
+  // The draws: one for every decode row and for every sample of a group whose prompt this forward
+  // completes (they draw from the same row with their own generators). A request that records the
+  // kept set or the top log-probs needs its whole row on the host: those rows are copied into a
+  // reused host buffer (none on the CPU backend) and drawn there as before; every other draw runs
+  // in one Backend::sample_rows call, each with one uniform from its sample's generator.
+  std::vector<size_t> host_entries;  // entries whose row goes to the host
+  std::vector<TokenDraw> draws;
+  std::vector<Sample*> drawers;
   for (size_t i = 0; i < entries.size(); ++i) {
     const Entry& e = entries[i];
-    if (!e.s || e.s->done) continue;
     const GenerationRequest& r = e.g->req;
-    auto [id, lp] = sample_token(logits.f32() + int64_t(i) * v, v, r.sampling, e.s->rng,
-                                 r.record_sampling_mask ? &drawn[i].kept : nullptr);
-    drawn[i].id = id;
-    drawn[i].logprob = lp;
+    const bool completes =
+        !e.s && e.g->prefilled + int64_t(toks[i].size()) == int64_t(r.prompt.size());
+    if ((e.s && e.s->done) || (!e.s && !completes)) continue;
+    if (r.record_sampling_mask || r.top_logprobs >= 0) {
+      host_entries.push_back(i);
+      continue;
+    }
+    for (auto& s : e.g->samples) {
+      if (e.s && &s != e.s) continue;
+      draws.push_back(token_draw(int64_t(i), r.sampling, s.rng));
+      drawers.push_back(&s);
+    }
+  }
+  if (!draws.empty()) {
+    std::vector<int32_t> ids;
+    std::vector<float> lps;
+    model_.backend().sample_rows(logits, draws, ids, lps);
+    for (size_t j = 0; j < drawers.size(); ++j) {
+      drawers[j]->has_draw = true;
+      drawers[j]->draw.id = ids[j];
+      drawers[j]->draw.logprob = lps[j];
+    }
+  }
+  std::vector<const float*> host_row(entries.size(), nullptr);
+  if (!host_entries.empty()) {
+    if (logits.device() == Device::cpu) {
+      for (size_t i : host_entries) host_row[i] = logits.f32() + int64_t(i) * v;
+    } else {
+      Backend& be = model_.backend();
+      const int64_t n = int64_t(host_entries.size());
+      if (!host_logits_.defined() || host_logits_.size(0) < n || host_logits_.size(1) != v)
+        host_logits_ = Tensor::empty({n, v}, DType::f32, be.host_allocator());
+      Tensor dst = host_logits_.slice(0, 0, n);
+      if (n == logits.size(0)) {
+        be.copy(logits, dst);
+      } else {
+        Tensor idx = Tensor::empty({n}, DType::i32);
+        for (int64_t j = 0; j < n; ++j) idx.i32()[j] = int32_t(host_entries[size_t(j)]);
+        Tensor picked = be.empty({n, v});
+        be.gather_rows(logits, idx, 1, picked);
+        be.copy(picked, dst);
+      }
+      for (int64_t j = 0; j < n; ++j) host_row[host_entries[size_t(j)]] = dst.f32() + j * v;
+    }
+    // Decode rows draw in parallel (each sample has its own generator; a draw with its kept set
+    // sorts the vocabulary); the first tokens of a group are drawn in accept_token.
+#pragma omp parallel for schedule(dynamic) if (host_entries.size() > 1)
+    for (size_t j = 0; j < host_entries.size(); ++j) {
+      const Entry& e = entries[host_entries[j]];
+      if (!e.s) continue;
+      const GenerationRequest& r = e.g->req;
+      Drawn& d = e.s->draw;
+      auto [id, lp] = sample_token(host_row[host_entries[j]], v, r.sampling, e.s->rng,
+                                   r.record_sampling_mask ? &d.kept : nullptr);
+      d.id = id;
+      d.logprob = lp;
+      e.s->has_draw = true;
+    }
   }
   int64_t first_row = 0;  // of this entry in the forward's rows (routing)
   for (size_t i = 0; i < entries.size(); ++i) {
     Entry& e = entries[i];
     Group& g = *e.g;
     int64_t rows = int64_t(toks[i].size()), last_row = first_row + rows - 1;
-    const float* row = logits.f32() + int64_t(i) * v;
+    const float* row = host_row[i];  // null unless the request needs the row on the host
     if (e.s) {
-      if (!e.s->done) accept_token(g, *e.s, row, route, last_row, &drawn[i]);
+      if (!e.s->done) accept_token(g, *e.s, row, route, last_row);
     } else {
       int64_t p = int64_t(g.req.prompt.size());
       if (g.req.record_routing) {

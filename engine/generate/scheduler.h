@@ -148,15 +148,17 @@ class Scheduler {
   void admit();
   void finish_sample(Group& g, Sample& s, FinishReason r, std::string error = {});
   void finish_group(Group& g, FinishReason r, const std::string& error = {});
-  // drawn: the sample's token already drawn from these logits (sample_token's result and kept
-  // set), or null to draw it here.
+  // A sample's token drawn before its record is made (sample_rows, or sample_token with the
+  // kept set).
   struct Drawn {
     int32_t id = -1;
     float logprob = 0;
     std::vector<int32_t> kept;
   };
+  // Records the sample's drawn token, or draws it here from logits (host row; may be null when
+  // drawn and the request needs no row on the host).
   void accept_token(Group& g, Sample& s, const float* logits, const std::vector<Tensor>& routing,
-                    int64_t row, Drawn* drawn = nullptr);
+                    int64_t row);
   std::vector<int32_t> experts_of(const std::vector<Tensor>& routing, int64_t row) const;
   void drop_finished();
 
@@ -171,6 +173,7 @@ class Scheduler {
   // Engine thread only:
   std::deque<std::unique_ptr<Group>> waiting_;
   std::vector<std::unique_ptr<Group>> active_;  // admitted, in admission order
+  Tensor host_logits_;  // device backends: reused host rows for requests that need them
   std::thread thread_;
   std::atomic<bool> stop_{false};
 };

@@ -142,23 +142,19 @@ void Mla::forward_cached(Backend& be, const Tensor& x, const CachedInputs& in, L
   be.rope(k_pe, in.positions, in.cos_sin, c_.rope_interleave, false);
   Tensor kvb3 = w_.kv_b.view({h, dn + dv, rkv});
   Tensor attn = be.empty({n, h, dv});
-  // Absorption: q_cat = [W_UK^T q_nope ; q_pe] per head, and attn = W_UV o_lat per head.
+  // Absorption: q_cat = [W_UK^T q_nope ; q_pe] per head, and attn = W_UV o_lat per head, each
+  // one batched GEMM over the heads on head-first views ([h, n, d], no copies).
   auto absorb_q = [&]() {
     Tensor q_cat = be.empty({n, h, dim});
-    for (int64_t hh = 0; hh < h; ++hh) {
-      Tensor ql = q_cat.select(1, hh).slice(1, 0, rkv);
-      be.matmul(q3.select(1, hh).slice(1, 0, dn), false, kvb3.select(0, hh).slice(0, 0, dn), false,
-                ql);
-    }
+    Tensor ql = q_cat.slice(2, 0, rkv).transpose(0, 1);
+    be.batched_matmul(q3.slice(2, 0, dn).transpose(0, 1), false, kvb3.slice(1, 0, dn), false, ql);
     Tensor q_cat_pe = q_cat.slice(2, rkv, dim);
     be.copy(q_pe, q_cat_pe);
     return q_cat;
   };
   auto expand_o = [&](const Tensor& o_lat) {
-    for (int64_t hh = 0; hh < h; ++hh) {
-      Tensor a = attn.select(1, hh);
-      be.matmul(o_lat.select(1, hh), false, kvb3.select(0, hh).slice(0, dn, dn + dv), true, a);
-    }
+    Tensor a = attn.transpose(0, 1);
+    be.batched_matmul(o_lat.transpose(0, 1), false, kvb3.slice(1, dn, dn + dv), true, a);
   };
   const float scale = float(c_.softmax_scale());
   if (be.device() != Device::cpu) {

@@ -614,7 +614,7 @@ Tensor Model::forward_cached(LatentKvCache& cache, const std::vector<int64_t>& s
   be.rmsnorm_forward(x, norm_, eps, xf, rf);
   Tensor logits = be.empty({m, c.vocab_size});
   be.matmul(xf, false, head_, true, logits);
-  return be.to_host(logits);
+  return opt.device_logits ? logits : be.to_host(logits);
 }
 
 void Model::update_router_bias(double gamma) {

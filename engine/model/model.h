@@ -76,6 +76,9 @@ struct CachedForwardOptions {
   // selected as the last row of a full forward; a chunked prompt passes the prompt's length).
   std::vector<int64_t> dsa_len;
   bool last_logits_only = false;  // logits of each sequence's last new token only: [S, V]
+  // Return the logits where the backend computed them (device memory on CUDA), for
+  // Backend::sample_rows; else they are copied to the host.
+  bool device_logits = false;
   // Outputs when set: per layer the expert ids i32 [N, K] (host; undefined for dense layers), and
   // per layer the DSA selection of each new token.
   std::vector<Tensor>* routing = nullptr;
@@ -115,7 +118,8 @@ class Model {
   // Inference with the latent KV cache: new tokens of several cached sequences (a prefill chunk or
   // one decode token each) run through the model; each token's latents (and V3.2 indexer keys)
   // are appended to its sequence. Returns host logits [total new tokens, V], rows in input order
-  // (or [S, V] with last_logits_only). The pool must have room (LatentKvCache::pages_needed).
+  // (or [S, V] with last_logits_only; on the backend's device with device_logits). The pool must
+  // have room (LatentKvCache::pages_needed).
   Tensor forward_cached(LatentKvCache& cache, const std::vector<int64_t>& seqs,
                         const std::vector<std::vector<int32_t>>& tokens,
                         const CachedForwardOptions& options = {});

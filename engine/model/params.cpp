@@ -10,6 +10,7 @@ size_t ParamSet::add(const std::string& name, const Shape& shape, bool trainable
   Param p;
   p.name = name;
   p.value = backend_->zeros(shape);
+  p.value.storage()->parameter = true;  // a backend may keep derived copies (bf16 GEMM operands)
   if (trainable) p.grad = backend_->zeros(shape);
   p.trainable = trainable;
   params_.push_back(std::move(p));

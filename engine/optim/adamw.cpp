@@ -23,21 +23,26 @@ void AdamW::reset() {
 }
 
 double AdamW::step(float lr) {
-  double norm = cfg_.grad_clip > 0 ? params_->clip_grad_norm(cfg_.grad_clip) : params_->grad_norm();
   ++step_;
+  std::vector<AdamWTensor> tensors;
+  std::vector<Tensor> grads;
   for (size_t i = 0; i < params_->size(); ++i) {
     Param& p = (*params_)[i];
     if (!p.trainable || p.frozen) continue;
-    AdamWParams a;
-    a.lr = lr;
-    a.beta1 = cfg_.beta1;
-    a.beta2 = cfg_.beta2;
-    a.eps = cfg_.eps;
-    a.weight_decay = p.value.ndim() >= 2 ? cfg_.weight_decay : 0.0f;
-    a.step = step_;
-    be_->adamw(p.value, p.grad, m_[i], v_[i], a);
+    grads.push_back(p.grad);
+    tensors.push_back(
+        {p.value, p.grad, m_[i], v_[i], p.value.ndim() >= 2 ? cfg_.weight_decay : 0.0f});
   }
-  return norm;
+  if (!clip_.defined()) clip_ = be_->empty({2}, DType::f64);
+  be_->grad_clip_factor(grads, cfg_.grad_clip, clip_);
+  AdamWParams a;
+  a.lr = lr;
+  a.beta1 = cfg_.beta1;
+  a.beta2 = cfg_.beta2;
+  a.eps = cfg_.eps;
+  a.step = step_;
+  be_->adamw_multi(tensors, a, &clip_);
+  return be_->to_host(clip_).f64()[0];
 }
 
 void AdamW::save(const std::string& path) {

@@ -20,7 +20,9 @@ class AdamW {
   AdamW(ParamSet& params, Backend& backend, const AdamWConfig& config);
   // Clips gradients (when configured) and applies one update at learning rate lr (the schedule is
   // the caller's). Returns the gradient norm before clipping. 1-D parameters (norm weights) get no
-  // weight decay.
+  // weight decay. One multi-tensor update (Backend::adamw_multi) with the clip factor computed on
+  // the backend's device (grad_clip_factor); the gradients are left unscaled, and the norm read
+  // back after the update is enqueued is the step's only host round trip.
   double step(float lr);
   int64_t steps() const { return step_; }
   // Forgets the moments and the step count (a new training stage starts afresh).
@@ -33,6 +35,7 @@ class AdamW {
   Backend* be_;
   AdamWConfig cfg_;
   std::vector<Tensor> m_, v_;  // per parameter (undefined for buffers)
+  Tensor clip_;                // f64 [2] on the device: the gradient norm and the clip factor
   int64_t step_ = 0;
 };
 
