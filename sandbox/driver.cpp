@@ -185,8 +185,10 @@ def op_child(req):
     if os.WIFSIGNALED(wstatus):
         sig = os.WTERMSIG(wstatus)
         code = 128 + sig
-        if sig in (signal.SIGXCPU, signal.SIGKILL) and usage.ru_utime + usage.ru_stime >= max(
-                1, int(req.get("cpu_s", 10))) - 0.05:
+        # SIGXCPU comes only from the soft CPU limit (rusage can read a little under it on a busy
+        # machine); SIGKILL is the hard limit only when the time says so.
+        if sig == signal.SIGXCPU or (sig == signal.SIGKILL and usage.ru_utime + usage.ru_stime >=
+                                     max(1, int(req.get("cpu_s", 10))) - 0.05):
             note = "cpu_limit"
     else:
         code = os.WEXITSTATUS(wstatus)
