@@ -273,4 +273,25 @@ class Backend {
 std::unique_ptr<Backend> make_cpu_backend();
 Backend& cpu_backend();  // process-wide CPU backend
 
+// Batch-invariant GEMMs. While a BatchInvariance is alive on a thread, the CPU backend's matmul
+// (and the grouped and batched matmuls built on it) called from that thread computes every output
+// element as one chain of fused multiply-adds in k order (engine/cpu/ordered_gemm.h): a row's
+// result depends only on its own inputs, not on the other rows of the call, the thread count, or
+// trailing zero terms. Model::forward_cached opens one, so that a generated sequence does not
+// depend on which requests shared its batches (continuous batching is timing-dependent) and a
+// resumed or repeated run samples the same tokens. Other backends ignore it (cuBLAS is not batch
+// invariant). Nests.
+class BatchInvariance {
+ public:
+  BatchInvariance() : was_(active_) { active_ = true; }
+  ~BatchInvariance() { active_ = was_; }
+  BatchInvariance(const BatchInvariance&) = delete;
+  BatchInvariance& operator=(const BatchInvariance&) = delete;
+  static bool active() { return active_; }
+
+ private:
+  bool was_;
+  static inline thread_local bool active_ = false;
+};
+
 }  // namespace shoal

@@ -11,6 +11,7 @@
 
 #include "engine/backend.h"
 #include "engine/backend_checks.h"
+#include "engine/cpu/ordered_gemm.h"
 
 namespace shoal {
 namespace {
@@ -90,6 +91,11 @@ class CpuBackend final : public Backend {
         zero(c);
       else if (beta != 1.0f)
         for (int64_t i = 0; i < m; ++i) cblas_sscal(int(n), beta, c.f32() + i * row_stride(c), 1);
+      return;
+    }
+    if (BatchInvariance::active()) {
+      cpu::ordered_gemm(ta, tb, m, n, k, alpha, a.f32(), row_stride(a), b.f32(), row_stride(b),
+                        beta, c.f32(), row_stride(c));
       return;
     }
     cblas_sgemm(CblasRowMajor, ta ? CblasTrans : CblasNoTrans, tb ? CblasTrans : CblasNoTrans,

@@ -378,6 +378,7 @@ bool Scheduler::step() {
   };
   std::vector<Entry> entries;
   std::vector<int64_t> seqs, dsa_len;
+  std::vector<uint8_t> prefill;
   std::vector<std::vector<int32_t>> toks;
   bool routing = false;
   int64_t budget = cfg_.max_batch_tokens;
@@ -389,6 +390,7 @@ bool Scheduler::step() {
       seqs.push_back(s.seq);
       toks.push_back({s.pending});
       dsa_len.push_back(0);
+      prefill.push_back(0);
       routing = routing || g->req.record_routing;
       --budget;
     }
@@ -403,6 +405,7 @@ bool Scheduler::step() {
     toks.emplace_back(g->req.prompt.begin() + g->prefilled,
                       g->req.prompt.begin() + g->prefilled + chunk);
     dsa_len.push_back(p);  // every prompt row is selected as one forward over the prompt would
+    prefill.push_back(1);  // the same attention for every chunking of the prompt
     routing = routing || g->req.record_routing;
   }
   if (entries.empty()) return false;
@@ -411,6 +414,7 @@ bool Scheduler::step() {
   CachedForwardOptions opt;
   opt.last_logits_only = true;
   opt.dsa_len = dsa_len;
+  opt.prefill = prefill;
   opt.device_logits = true;  // only ids and log-probs come back, unless a request needs the row
   if (routing) opt.routing = &route;
   Tensor logits;

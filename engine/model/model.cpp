@@ -442,6 +442,9 @@ Tensor Model::forward_cached(LatentKvCache& cache, const std::vector<int64_t>& s
               "forward_cached: {} sequences, {} token lists", seqs.size(), tokens.size());
   SHOAL_CHECK(opt.dsa_len.empty() || opt.dsa_len.size() == seqs.size(),
               "forward_cached: {} dsa lengths for {} sequences", opt.dsa_len.size(), seqs.size());
+  SHOAL_CHECK(opt.prefill.empty() || opt.prefill.size() == seqs.size(),
+              "forward_cached: {} prefill flags for {} sequences", opt.prefill.size(), seqs.size());
+  BatchInvariance invariant;
   const bool on_device = be.device() != Device::cpu;
   SHOAL_CHECK(cache.device() == be.device(),
               "forward_cached: the kv cache is on the {} device, the model's backend on {} (give "
@@ -511,7 +514,7 @@ Tensor Model::forward_cached(LatentKvCache& cache, const std::vector<int64_t>& s
     }
     in.cu.push_back(o);
     in.seq.push_back(seqs[i]);
-    bool multi = feed[i].size() > 1;
+    bool multi = feed[i].size() > 1 || (!opt.prefill.empty() && opt.prefill[i]);
     in.mha.push_back(opt.attention == CachedAttention::mha ||
                      (opt.attention == CachedAttention::automatic && multi));
     in.dsa_len.push_back(dsa_len[i]);

@@ -75,6 +75,10 @@ struct CachedForwardOptions {
   // reproduces (0 or empty = the sequence's length after this forward, i.e. each decode row is
   // selected as the last row of a full forward; a chunked prompt passes the prompt's length).
   std::vector<int64_t> dsa_len;
+  // Per sequence (empty = none): 1 when the new tokens are (part of) a prompt. Automatic attention
+  // runs those in MHA mode even when the chunk is a single token, so a prompt's rows compute the
+  // same whatever chunks a scheduler cut it into.
+  std::vector<uint8_t> prefill;
   bool last_logits_only = false;  // logits of each sequence's last new token only: [S, V]
   // Return the logits where the backend computed them (device memory on CUDA), for
   // Backend::sample_rows; else they are copied to the host.
@@ -117,9 +121,10 @@ class Model {
   void backward(const Tensor* dlogp = nullptr);
   // Inference with the latent KV cache: new tokens of several cached sequences (a prefill chunk or
   // one decode token each) run through the model; each token's latents (and V3.2 indexer keys)
-  // are appended to its sequence. Returns host logits [total new tokens, V], rows in input order
-  // (or [S, V] with last_logits_only; on the backend's device with device_logits). The pool must
-  // have room (LatentKvCache::pages_needed).
+  // are appended to its sequence. On the CPU it is batch invariant (backend.h: BatchInvariance):
+  // a sequence's logits do not depend on the other sequences of the call. Returns host logits
+  // [total new tokens, V], rows in input order (or [S, V] with last_logits_only; on the backend's
+  // device with device_logits). The pool must have room (LatentKvCache::pages_needed).
   Tensor forward_cached(LatentKvCache& cache, const std::vector<int64_t>& seqs,
                         const std::vector<std::vector<int32_t>>& tokens,
                         const CachedForwardOptions& options = {});
