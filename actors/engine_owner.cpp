@@ -107,7 +107,7 @@ StepMetrics train(Policy& policy, const TrainRequest& r) {
            : kl == "k3_unbiased" ? rl::KlEstimator::k3_unbiased
                                  : rl::KlEstimator::none;
     c.kl_coef = o.value("kl_coef", 0.0);
-    m = policy.grpo_step(samples, c, r.lr);
+    m = policy.grpo_step(samples, c, r.lr, o.value("surrogate_gain", false));
   } else {
     SHOAL_FAIL("unknown training step kind '{}'", r.kind);
   }

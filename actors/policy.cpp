@@ -164,7 +164,7 @@ Metrics Policy::dpo_step(const std::vector<rl::Sample>& pairs, const rl::DpoConf
 }
 
 Metrics Policy::grpo_step(const std::vector<GrpoSample>& samples, const rl::GrpoConfig& cfg,
-                          double lr) {
+                          double lr, bool surrogate_gain) {
   SHOAL_CHECK(!samples.empty(), "a GRPO step needs samples");
   auto t0 = std::chrono::steady_clock::now();
   std::vector<rl::Sample> plain;
@@ -191,6 +191,7 @@ Metrics Policy::grpo_step(const std::vector<GrpoSample>& samples, const rl::Grpo
   double dt = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   Metrics m = finish_step(obj.loss, lr, b.tokens(), dt);
   for (auto& [k, v] : obj.metrics) m[k] = v;
+  if (!surrogate_gain) return m;
   // Did the step go uphill on its own batch? The advantage-weighted change of the trained tokens'
   // log-probs, per token (positive: the update raised what had positive advantage).
   ForwardOptions after;

@@ -67,7 +67,10 @@ class Policy {
   Metrics sft_step(const std::vector<rl::Sample>& samples, double lr);
   // pairs: [chosen_0, rejected_0, chosen_1, ...], each with its prompt in the sample.
   Metrics dpo_step(const std::vector<rl::Sample>& pairs, const rl::DpoConfig& cfg, double lr);
-  Metrics grpo_step(const std::vector<GrpoSample>& samples, const rl::GrpoConfig& cfg, double lr);
+  // surrogate_gain: after the update, a forward over the batch reports the advantage-weighted
+  // change of the trained tokens' log-probs (metric surrogate_gain).
+  Metrics grpo_step(const std::vector<GrpoSample>& samples, const rl::GrpoConfig& cfg, double lr,
+                    bool surrogate_gain = false);
   // Mean log-prob of the masked tokens (for tests and eval metrics), no gradient.
   double mean_logprob(const std::vector<rl::Sample>& samples);
 

@@ -78,6 +78,7 @@ StageSpec read_stage(const ConfigReader& r, std::map<std::string, int>& names) {
     s.kl_coef = r.number("kl_coef", 0.0, 0.0, 1e6);
     s.keep_sampling_mask = r.boolean("keep_sampling_mask", false);
     s.keep_routing = r.boolean("keep_routing", false);
+    s.surrogate_gain = r.boolean("surrogate_gain", false);
     s.updates_per_step = r.integer("updates_per_step", 1, 1, 1000);
     s.sampler = r.choice("sampler", {"uniform", "adaptive"}, s.sampler);
     s.sampler_explore = r.number("sampler_explore", s.sampler_explore, 0.0, 1.0);

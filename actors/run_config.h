@@ -69,6 +69,9 @@ struct StageSpec {
   double kl_coef = 0.0;
   bool keep_sampling_mask = false;
   bool keep_routing = false;
+  // After each update, one more forward over its batch to report surrogate_gain (costs about a
+  // third of the update; a diagnostic: it changes nothing else).
+  bool surrogate_gain = false;
   int64_t updates_per_step = 1;  // optimizer steps over one step's episodes
   // Which prompts a step trains on: "uniform" (successive slices of a shuffled pool) or
   // "adaptive" (tasks/sampler.h: favour the task sets whose recent groups were neither all

@@ -430,7 +430,7 @@ void train_grpo(caf::event_based_actor* self, const State& s, int64_t step) {
   b.options = json{{"advantage", c.spec.advantage},     {"filter_equal", c.spec.filter_equal},
                    {"clip_low", c.spec.clip_low},       {"clip_high", c.spec.clip_high},
                    {"aggregation", c.spec.aggregation}, {"kl", c.spec.kl},
-                   {"kl_coef", c.spec.kl_coef}}
+                   {"kl_coef", c.spec.kl_coef},         {"surrogate_gain", c.spec.surrogate_gain}}
                   .dump();
   auto t0 = Clock::now();
   std::vector<EpisodeRecord> records = b.episodes;

@@ -333,7 +333,8 @@ ForwardResult Model::forward(const Batch& batch, const ForwardOptions& opt) {
       if (opt.replay_routing && (*opt.replay_routing)[l].defined())
         replay = &(*opt.replay_routing)[l];
       r.balance_loss +=
-          L.moe->forward(be, ls.xn2, s->in.cu_seqlens, out, ls.moe, replay, opt.balance_alpha);
+          L.moe->forward(be, ls.xn2, s->in.cu_seqlens, out, ls.moe, replay, opt.balance_alpha,
+                         /*count_load=*/opt.need_backward);
       r.routing[l] = be.to_host(ls.moe.topk_idx);
     } else {
       swiglu_forward(be, L.mlp, ls.xn2, out, ls.mlp, false);

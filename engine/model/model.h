@@ -30,8 +30,10 @@ struct Batch {
 };
 
 struct ForwardOptions {
-  bool keep_logits = false;    // return the logits (host copy, [N, V])
-  bool need_backward = true;   // compute d(loss)/d(logits) for backward()
+  bool keep_logits = false;  // return the logits (host copy, [N, V])
+  // Compute d(loss)/d(logits) for backward(). Only such forwards count the experts' load for the
+  // auxiliary-loss-free bias update (update_router_bias): scoring and diagnostics do not.
+  bool need_backward = true;
   double balance_alpha = 0.0;  // sequence-wise balance loss weight (0 = off)
   // Routing replay: per layer (empty for dense layers) the expert ids i32 [N, K] to use.
   const std::vector<Tensor>* replay_routing = nullptr;

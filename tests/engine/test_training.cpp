@@ -146,14 +146,22 @@ TEST(Training, ResumeContinuesTheSameTrajectory) {
 TEST(Training, RouterBiasMovesTowardsBalance) {
   Model m(tiny_config(40), cpu_backend());
   m.init_random(5, 0.5f);
-  ForwardOptions opt;
-  opt.need_backward = false;
-  ForwardResult r = m.forward(Batch::next_token({{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}}), opt);
+  const Batch batch = Batch::next_token({{1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12}});
+  Tensor before = m.params().get("model.layers.1.mlp.gate.e_score_correction_bias").value.clone();
+  // A forward that will not be trained on (scoring, diagnostics) counts no load: no bias change.
+  ForwardOptions scoring;
+  scoring.need_backward = false;
+  m.forward(batch, scoring);
+  m.update_router_bias(0.01);
+  for (int64_t e = 0; e < 4; ++e)
+    EXPECT_EQ(m.params().get("model.layers.1.mlp.gate.e_score_correction_bias").value.f32()[e],
+              before.f32()[e]);
+  // A training forward does.
+  ForwardResult r = m.forward(batch);
   const Tensor& idx = r.routing[1];
   ASSERT_TRUE(idx.defined());
   std::vector<int64_t> load(4, 0);
   for (int64_t i = 0; i < idx.numel(); ++i) ++load[size_t(idx.i32()[i])];
-  Tensor before = m.params().get("model.layers.1.mlp.gate.e_score_correction_bias").value.clone();
   m.update_router_bias(0.01);
   Tensor after = m.params().get("model.layers.1.mlp.gate.e_score_correction_bias").value;
   double mean = double(idx.numel()) / 4.0;
