@@ -272,6 +272,14 @@ class CudaTimingBackend final : public Backend {
                 std::vector<int64_t>& counts) override {
     timed("moe_sort", 0, [&] { be_.moe_sort(idx, e, order, counts); });
   }
+  void moe_sort_offsets(const Tensor& idx, int64_t e, Tensor& order, Tensor& offsets) override {
+    timed("moe_sort_offsets", 0, [&] { be_.moe_sort_offsets(idx, e, order, offsets); });
+  }
+  void grouped_matmul_dev(const Tensor& a, const Tensor& b, Tensor& c,
+                          const Tensor& offsets) override {
+    timed("grouped_matmul_dev", 2.0 * double(a.size(0)) * double(b.size(1)) * double(b.size(2)),
+          [&] { be_.grouped_matmul_dev(a, b, c, offsets); });
+  }
   void gather_rows(const Tensor& src, const Tensor& idx, int64_t div, Tensor& dst) override {
     timed("gather_rows", 0, [&] { be_.gather_rows(src, idx, div, dst); });
   }

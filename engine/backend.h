@@ -213,6 +213,25 @@ class Backend {
   // n*K + k grouped by expert (stable within an expert); counts (host) the tokens per expert.
   virtual void moe_sort(const Tensor& topk_idx, int64_t n_experts, Tensor& order,
                         std::vector<int64_t>& counts) = 0;
+  // moe_sort with the group boundaries left on this backend's device, for grouped_matmul_dev:
+  // the same order, and offsets (i32 [n_experts + 1], contiguous, on this device) the prefix sums
+  // of the tokens per expert (offsets[0] = 0, offsets[E] = N*K). The reference (this default)
+  // runs moe_sort and copies its counts' prefix sums; the CUDA backend never reads them on the
+  // host (a bad expert id surfaces at the next synchronisation).
+  virtual void moe_sort_offsets(const Tensor& topk_idx, int64_t n_experts, Tensor& order,
+                                Tensor& offsets);
+  // The MoE experts' forward GEMM with the group boundaries on the device: for g < G,
+  // c[o_g .. o_{g+1}) = a[o_g .. o_{g+1}) @ b[g]^T with o = offsets (i32 [G+1], contiguous, on
+  // this device; 0 = o_0 <= o_1 <= ... <= o_G = rows). a [rows, k] and c [rows, n] f32 with unit
+  // last stride (row strides free), b [G, n, k] f32 with unit last stride; c is overwritten. It is
+  // grouped_matmul(a, false, b, true, c, counts) with counts[g] = o_{g+1} - o_g, in the same
+  // precision, but a device backend reads the offsets only on the device: no host round trip, so
+  // the caller may enqueue on without a synchronisation. The reference (this default) reads them
+  // on the host and calls grouped_matmul, and refuses bad offsets there; the CUDA backend in bf16
+  // GEMM mode runs its own kernel (kernels/moe/grouped_gemm.h; bad offsets surface at the next
+  // synchronisation), in its f32 and tf32 modes the reference.
+  virtual void grouped_matmul_dev(const Tensor& a, const Tensor& b, Tensor& c,
+                                  const Tensor& offsets);
   // dst[i] = src[idx[i] / div] for rows (div = K maps slots to tokens).
   virtual void gather_rows(const Tensor& src, const Tensor& idx, int64_t div, Tensor& dst) = 0;
   // dst[idx[i] / div] += w[idx[i]] * src[i] (w optional: nullptr = 1).

@@ -74,6 +74,58 @@ std::vector<GemmGroup> grouped_matmul(const Tensor& a, const Tensor& b, const Te
   return out;
 }
 
+DevGroupedGemm grouped_matmul_dev(const Tensor& a, const Tensor& b, const Tensor& c,
+                                  const Tensor& offsets, Device device) {
+  rows(a, device, "grouped_matmul_dev a");
+  rows(c, device, "grouped_matmul_dev c");
+  f32(b, device, "grouped_matmul_dev b");
+  SHOAL_CHECK(b.ndim() == 3 && (b.stride(2) == 1 || b.size(2) <= 1),
+              "grouped_matmul_dev b: expected a 3-D tensor [G, n, k] with unit last stride, got "
+              "{} strides {}",
+              b.describe(), shape_str(b.strides()));
+  SHOAL_CHECK(offsets.defined() && offsets.dtype() == DType::i32 && offsets.ndim() == 1 &&
+                  offsets.is_contiguous() && offsets.device() == device,
+              "grouped_matmul_dev offsets: expected a contiguous 1-D i32 tensor on {}, got {}",
+              device_name(device), offsets.defined() ? offsets.describe() : "undefined");
+  const int64_t groups = b.size(0), n = b.size(1), k = b.size(2), m = a.size(0);
+  SHOAL_CHECK(offsets.numel() == groups + 1, "grouped_matmul_dev: {} offsets for {} groups ({})",
+              offsets.numel(), groups, b.describe());
+  SHOAL_CHECK(a.size(1) == k && c.size(0) == m && c.size(1) == n,
+              "grouped_matmul_dev shapes: {} x ({})^T per group -> {}", a.describe(), b.describe(),
+              c.describe());
+  SHOAL_CHECK(groups > 0 || m == 0, "grouped_matmul_dev: {} rows and no groups", m);
+  SHOAL_CHECK(m <= INT32_MAX && n <= INT32_MAX && k <= INT32_MAX,
+              "grouped_matmul_dev: dims exceed int32 ({} x {} x {})", m, n, k);
+  return {groups, m, n, k};
+}
+
+std::vector<int64_t> group_offsets(const Tensor& offsets, int64_t rows, const char* what) {
+  SHOAL_CHECK(offsets.device() == Device::cpu && offsets.dtype() == DType::i32 &&
+                  offsets.ndim() == 1 && offsets.numel() >= 1,
+              "{}: offsets must be a 1-D i32 host tensor, got {}", what, offsets.describe());
+  const Tensor o = offsets.contiguous();
+  const int32_t* p = o.i32();
+  const int64_t groups = o.numel() - 1;
+  SHOAL_CHECK(p[0] == 0, "{}: offsets[0] is {}, expected 0", what, p[0]);
+  SHOAL_CHECK(p[groups] == rows, "{}: offsets[{}] is {}, expected the {} rows", what, groups,
+              p[groups], rows);
+  std::vector<int64_t> counts(static_cast<size_t>(groups));
+  for (int64_t g = 0; g < groups; ++g) {
+    SHOAL_CHECK(p[g + 1] >= p[g], "{}: offsets decrease at group {} ({} then {})", what, g, p[g],
+                p[g + 1]);
+    counts[size_t(g)] = p[g + 1] - p[g];
+  }
+  return counts;
+}
+
+void moe_offsets(const Tensor& offsets, int64_t n_experts, Device device) {
+  SHOAL_CHECK(offsets.defined() && offsets.dtype() == DType::i32 && offsets.is_contiguous() &&
+                  offsets.numel() == n_experts + 1 && offsets.device() == device,
+              "moe_sort_offsets: offsets must be a contiguous i32 tensor of {} + 1 elements on {}, "
+              "got {}",
+              n_experts, device_name(device), offsets.defined() ? offsets.describe() : "undefined");
+}
+
 BatchedGemm batched_matmul(const Tensor& a, bool ta, const Tensor& b, bool tb, const Tensor& c,
                            Device device) {
   const Tensor* ops[3] = {&a, &b, &c};

@@ -22,6 +22,7 @@
 #include "kernels/indexer/topk_select.h"
 #include "kernels/loss/loss.h"
 #include "kernels/memory/copy.h"
+#include "kernels/moe/grouped_gemm.h"
 #include "kernels/moe/moe.h"
 #include "kernels/norm/layernorm.h"
 #include "kernels/norm/rmsnorm.h"
@@ -1143,6 +1144,68 @@ class CudaBackend final : public Backend {
     SHOAL_CUDA_CHECK(kernels::moe_sort_cuda(p, stream()));
     Tensor h = to_host(dcounts);  // synchronises; a bad expert id throws here
     counts.assign(h.i64(), h.i64() + n_experts);
+  }
+
+  // moe_sort's kernels with the counts' prefix sums written on the device and nothing read back.
+  void moe_sort_offsets(const Tensor& topk_idx, int64_t n_experts, Tensor& order,
+                        Tensor& offsets) override {
+    check_dev(order, "moe_sort_offsets order");
+    backend_checks::moe_offsets(offsets, n_experts, Device::cuda);
+    SHOAL_CHECK(topk_idx.dtype() == DType::i32 && topk_idx.is_contiguous() &&
+                    order.dtype() == DType::i32 && order.numel() == topk_idx.numel() &&
+                    order.is_contiguous() && n_experts >= 1,
+                "moe_sort_offsets: idx {} order {}", topk_idx.describe(), order.describe());
+    SHOAL_CHECK(n_experts <= 6144, "moe_sort_offsets: {} experts exceed the CUDA kernel's 6144",
+                n_experts);
+    SHOAL_CHECK(topk_idx.numel() <= INT32_MAX, "moe_sort_offsets: {} assignments exceed int32",
+                topk_idx.numel());
+    Tensor idx = on_device(topk_idx, "moe_sort_offsets idx");
+    const int64_t m = idx.numel();
+    Tensor hist = empty({kernels::moe_sort_chunks(m) * n_experts}, DType::i32);
+    kernels::MoeSortParams p;
+    p.topk_idx = m ? idx.i32() : nullptr;
+    p.m = m;
+    p.experts = n_experts;
+    p.order = m ? order.i32() : nullptr;
+    p.chunk_hist = hist.i32();
+    p.offsets = offsets.i32();
+    p.status = ctx_.status;
+    p.op = op_id(FaultOp::moe_sort);
+    SHOAL_CUDA_CHECK(kernels::moe_sort_cuda(p, stream()));
+  }
+
+  // bf16 mode: one launch of kernels/moe/grouped_gemm.cu over a grid bounded on the host, the
+  // activation rounded as it is loaded, the weight's kept bf16 copy read in place. f32 and tf32
+  // modes: the reference (host offsets, grouped_matmul), which synchronises.
+  void grouped_matmul_dev(const Tensor& a, const Tensor& b, Tensor& c,
+                          const Tensor& offsets) override {
+    const auto g = backend_checks::grouped_matmul_dev(a, b, c, offsets, Device::cuda);
+    if (opt_.gemm != CudaGemm::bf16) {
+      Backend::grouped_matmul_dev(a, b, c, offsets);
+      return;
+    }
+    if (g.rows == 0 || g.n == 0) return;
+    if (g.k == 0) {  // every row is in a group (valid offsets), and an empty sum is 0
+      zero(c);
+      return;
+    }
+    const Bf16Operand b16 = bf16_operand(b);
+    kernels::GroupedGemmParams p;
+    p.a = a.f32();
+    p.lda = row_stride(a);
+    p.b = b16.ptr;
+    p.ldb = b16.row_stride;
+    p.b_stride = b16.matrix_stride;
+    p.c = c.f32();
+    p.ldc = row_stride(c);
+    p.offsets = offsets.i32();
+    p.rows = g.rows;
+    p.n = g.n;
+    p.k = g.k;
+    p.groups = g.groups;
+    p.status = ctx_.status;
+    p.op = op_id(FaultOp::grouped_matmul_dev);
+    SHOAL_CUDA_CHECK(kernels::grouped_gemm_bf16_cuda(p, stream()));
   }
 
   void gather_rows(const Tensor& src, const Tensor& idx, int64_t div, Tensor& dst) override {

@@ -127,7 +127,8 @@ const char* fault_op_name(int32_t op) {
                                 "row_dot_scatter",
                                 "scale_rows",
                                 "scatter_rows",
-                                "latent_attention"};
+                                "latent_attention",
+                                "grouped_matmul_dev"};
   return op >= 0 && op < int32_t(std::size(names)) ? names[op] : "unknown op";
 }
 

@@ -62,6 +62,7 @@ enum class FaultOp : int32_t {
   scale_rows,
   scatter_rows,
   latent_attention,
+  grouped_matmul_dev,
 };
 const char* fault_op_name(int32_t op);
 

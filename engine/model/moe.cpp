@@ -34,6 +34,10 @@ Moe::Moe(const ModelConfig& c, ParamSet& ps, const std::string& prefix) : c_(c) 
 }
 
 namespace {
+// Moe::forward keeps the tokens per expert on the device up to this many assignments per expert
+// on average (the grouped kernel's row tile, kernels/moe/grouped_gemm.h).
+constexpr int64_t kDeviceGroupsMaxRowsPerExpert = 64;
+
 // Sequence-wise balance loss (DeepSeek-V3 §2.1.2) on host copies of the router outputs:
 // L = alpha * sum_i f_i P_i per sequence, averaged over sequences, with
 // f_i = E / (K T) * #{t : i in topk_t}, P_i = mean_t s_it / sum_j s_jt.
@@ -94,7 +98,24 @@ double Moe::forward(Backend& be, const Tensor& x, const std::vector<int64_t>& cu
   }
   be.route_noaux_tc(s.logits, bias_, rp_, s.scores, s.topk_idx, s.topk_w, replay_idx != nullptr);
   s.order = be.empty({n * k}, DType::i32);
-  be.moe_sort(s.topk_idx, e, s.order, s.counts);
+  // Inference on a device (no load counts, no balance loss, no backward) needs the tokens per
+  // expert only as the expert GEMMs' group boundaries, so they stay on the device: reading them
+  // back would synchronise the host with the GPU once per layer, which bounds the decode step
+  // (docs/PERFORMANCE.md). That pays while the groups are small (decode: a few rows per expert);
+  // above 64 rows per expert on average (prefill of many prompts) the per-expert cuBLAS GEMMs of
+  // the host path are faster than the grouped kernel and the synchronisation is amortised
+  // (moe-2b prefill of 256 x 256 tokens: 92k tokens/s with host counts, 72k without). Training
+  // and the CPU keep the host counts.
+  const bool device_groups = !count_load && balance_alpha <= 0 && be.device() != Device::cpu &&
+                             n * k <= kDeviceGroupsMaxRowsPerExpert * e;
+  s.counts.clear();
+  s.offsets = Tensor();
+  if (device_groups) {
+    s.offsets = be.empty({e + 1}, DType::i32);
+    be.moe_sort_offsets(s.topk_idx, e, s.order, s.offsets);
+  } else {
+    be.moe_sort(s.topk_idx, e, s.order, s.counts);
+  }
   if (count_load)
     for (int64_t i = 0; i < e; ++i) load_[size_t(i)] += s.counts[size_t(i)];
 
@@ -105,9 +126,15 @@ double Moe::forward(Backend& be, const Tensor& x, const std::vector<int64_t>& cu
   const int64_t inter = c_.moe_intermediate_size;
   s.gate_up = be.empty({n * k, 2 * inter});
   s.h = be.empty({n * k, inter});
-  be.grouped_matmul(s.xs, false, gate_up_, true, s.gate_up, s.counts);
-  be.swiglu_forward(s.gate_up, s.h);
-  be.grouped_matmul(s.h, false, down_, true, s.ys, s.counts);
+  if (device_groups) {
+    be.grouped_matmul_dev(s.xs, gate_up_, s.gate_up, s.offsets);
+    be.swiglu_forward(s.gate_up, s.h);
+    be.grouped_matmul_dev(s.h, down_, s.ys, s.offsets);
+  } else {
+    be.grouped_matmul(s.xs, false, gate_up_, true, s.gate_up, s.counts);
+    be.swiglu_forward(s.gate_up, s.h);
+    be.grouped_matmul(s.h, false, down_, true, s.ys, s.counts);
+  }
   be.zero(y);
   Tensor w_flat = s.topk_w.view({n * k});
   be.scatter_add_rows(s.ys, s.order, k, &w_flat, y);
@@ -126,6 +153,9 @@ double Moe::forward(Backend& be, const Tensor& x, const std::vector<int64_t>& cu
 
 void Moe::backward(Backend& be, const MoeSaved& s, const Tensor& dy, Tensor& dx) {
   int64_t n = dy.size(0), e = c_.n_routed_experts, k = c_.num_experts_per_tok, d = dy.size(1);
+  SHOAL_CHECK(int64_t(s.counts.size()) == e,
+              "Moe::backward: the forward kept its expert counts on the device (count_load = "
+              "false and no balance loss: an inference forward), so it cannot be differentiated");
   if (has_shared_)
     swiglu_backward(be, shared_, s.shared, dy, dx, false);
   else

@@ -12,7 +12,10 @@ namespace shoal {
 
 struct MoeSaved {
   Tensor x, logits, scores, topk_idx, topk_w, order, xs, ys;
+  // Tokens per expert, on the host; or, when the forward ran without them (inference on a device
+  // backend: Moe::forward), their prefix sums on the device (i32 [E+1]) and counts empty.
   std::vector<int64_t> counts;
+  Tensor offsets;
   // The routed experts' SwiGLU over all assignments (rows grouped by expert as in xs):
   // gate_up [N*K, 2I], h [N*K, I].
   Tensor gate_up, h;
@@ -25,7 +28,9 @@ class Moe {
   Moe(const ModelConfig& c, ParamSet& params, const std::string& prefix);
   // y = moe(x). replay_idx (i32 [N, K]) forces the expert choice (routing replay); balance_alpha
   // > 0 adds the sequence-wise balance loss, returned (already weighted by alpha).
-  // count_load = false leaves the load counts alone (inference).
+  // count_load = false leaves the load counts alone (inference); without them and without the
+  // balance loss, a device backend keeps the tokens per expert on the device when the groups are
+  // small (decode-sized batches: no host round trip; backward is then refused).
   double forward(Backend& be, const Tensor& x, const std::vector<int64_t>& cu_seqlens, Tensor& y,
                  MoeSaved& s, const Tensor* replay_idx, double balance_alpha,
                  bool count_load = true);

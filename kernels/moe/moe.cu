@@ -1,9 +1,11 @@
 // MoE kernels (moe.h). The router walks one token per thread: group scores (sum of the two best
 // bias-shifted scores), the best groups, then the best experts by repeated selection in the total
 // order (score desc, index asc) that the CPU's partial_sort with its comparator produces. The
-// sort is a counting sort: per-chunk histograms, per-expert bases, then a stable in-chunk rank.
+// sort is a counting sort: per-chunk histograms, per-expert bases (and the experts' offsets for the
+// grouped GEMM), then a stable in-chunk rank.
 #include <cuda_runtime.h>
 
+#include <climits>
 #include <cmath>
 
 #include "kernels/common/reduce.cuh"
@@ -151,7 +153,7 @@ __global__ void moe_bases_kernel(MoeSortParams p, int64_t chunks) {
     int64_t t = 0;
     for (int64_t c = 0; c < chunks; ++c) t += p.chunk_hist[c * p.experts + e];
     totals[e] = t;
-    p.counts[e] = t;
+    if (p.counts) p.counts[e] = t;
   }
   __syncthreads();
   if (threadIdx.x == 0) {
@@ -159,8 +161,10 @@ __global__ void moe_bases_kernel(MoeSortParams p, int64_t chunks) {
     for (int64_t e = 0; e < p.experts; ++e) {
       const int64_t t = totals[e];
       totals[e] = run;
+      if (p.offsets) p.offsets[e] = int32_t(run);
       run += t;
     }
+    if (p.offsets) p.offsets[p.experts] = int32_t(run);
   }
   __syncthreads();
   for (int64_t e = threadIdx.x; e < p.experts; e += blockDim.x) {
@@ -209,8 +213,9 @@ int route_backward_cuda(const RouterKernelParams& p, void* stream) {
 }
 
 int moe_sort_cuda(const MoeSortParams& p, void* stream) {
-  if (p.experts < 1 || p.m < 0 || !p.counts || !p.chunk_hist ||
-      (p.m > 0 && (!p.topk_idx || !p.order)) || p.experts * sizeof(int64_t) > 48 * 1024)
+  if (p.experts < 1 || p.m < 0 || (!p.counts && !p.offsets) || !p.chunk_hist ||
+      (p.offsets && p.m > INT32_MAX) || (p.m > 0 && (!p.topk_idx || !p.order)) ||
+      p.experts * sizeof(int64_t) > 48 * 1024)
     return int(cudaErrorInvalidValue);
   auto s = static_cast<cudaStream_t>(stream);
   const int64_t chunks = moe_sort_chunks(p.m);

@@ -31,7 +31,9 @@ int route_noaux_tc_cuda(const RouterKernelParams& p, void* stream);
 int route_backward_cuda(const RouterKernelParams& p, void* stream);
 
 // Sort of m = n * top_k slots by expert, stable. chunk_hist is scratch of
-// moe_sort_chunks(m) * experts ints; counts receives the tokens per expert (device, i64).
+// moe_sort_chunks(m) * experts ints; counts (optional) receives the tokens per expert (device,
+// i64), offsets (optional) their prefix sums (device, i32 [experts + 1], m <= INT32_MAX): the
+// group boundaries of the expert GEMM (grouped_gemm.h), so the counts need not visit the host.
 constexpr int64_t kMoeSortChunk = 256;
 inline int64_t moe_sort_chunks(int64_t m) {
   return m <= 0 ? 1 : (m + kMoeSortChunk - 1) / kMoeSortChunk;
@@ -41,7 +43,8 @@ struct MoeSortParams {
   int64_t m = 0, experts = 0;
   int32_t* order = nullptr;  // [m]
   int32_t* chunk_hist = nullptr;
-  int64_t* counts = nullptr;  // [experts]
+  int64_t* counts = nullptr;   // [experts]
+  int32_t* offsets = nullptr;  // [experts + 1]
   KernelStatus* status = nullptr;
   int32_t op = 0;
 };

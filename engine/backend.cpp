@@ -1,0 +1,38 @@
+// The Backend ops that have a reference written once for every backend (backend.h): the MoE
+// sort and expert GEMM with device-side group boundaries, expressed through moe_sort and
+// grouped_matmul with the boundaries read on the host. The CPU backend uses these as they are; a
+// device backend overrides them to skip the host round trip.
+#include "engine/backend.h"
+
+#include <climits>
+
+#include "base/error.h"
+#include "engine/backend_checks.h"
+
+namespace shoal {
+
+void Backend::moe_sort_offsets(const Tensor& topk_idx, int64_t n_experts, Tensor& order,
+                               Tensor& offsets) {
+  backend_checks::moe_offsets(offsets, n_experts, device());
+  std::vector<int64_t> counts;
+  moe_sort(topk_idx, n_experts, order, counts);
+  Tensor h = Tensor::empty({n_experts + 1}, DType::i32);
+  int64_t run = 0;
+  h.i32()[0] = 0;
+  for (int64_t e = 0; e < n_experts; ++e) {
+    run += counts[size_t(e)];
+    SHOAL_CHECK(run <= INT32_MAX, "moe_sort_offsets: {} assignments exceed int32", run);
+    h.i32()[e + 1] = int32_t(run);
+  }
+  copy(h, offsets);
+}
+
+void Backend::grouped_matmul_dev(const Tensor& a, const Tensor& b, Tensor& c,
+                                 const Tensor& offsets) {
+  backend_checks::grouped_matmul_dev(a, b, c, offsets, device());
+  const std::vector<int64_t> rows =
+      backend_checks::group_offsets(to_host(offsets), a.size(0), "grouped_matmul_dev");
+  grouped_matmul(a, false, b, true, c, rows);
+}
+
+}  // namespace shoal
