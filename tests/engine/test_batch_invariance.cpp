@@ -3,8 +3,8 @@
 //   alpha/beta.
 // - Its invariances, bit for bit: a row's result is the same alone, inside calls of any size and at
 //   any position, with any thread count, and with zero terms appended to k.
-// - That OpenBLAS lacks them (so the mode is not vacuous: if a future OpenBLAS were invariant the
-//   check says so instead of passing silently).
+// - How often OpenBLAS lacks them, printed (the reason for the mode; not asserted, since another
+//   BLAS build may behave differently).
 // - Generation on the golden tiny V3 model (MLA + MoE): a sampled request's tokens and log-probs
 //   are bit-identical whether it runs alone, in one prefill, or next to other requests that join
 //   at different steps with its prompt cut into other chunks.
@@ -12,6 +12,7 @@
 #include <omp.h>
 
 #include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <random>
 
@@ -112,8 +113,11 @@ TEST(OrderedGemm, ARowsResultDoesNotDependOnTheRestOfTheCall) {
     }
   }
   EXPECT_EQ(differ, 0);
-  // OpenBLAS chooses its kernels by shape; were it invariant, the mode would be unnecessary.
-  EXPECT_GT(blas_differ, 0) << "OpenBLAS gave batch-invariant rows: BatchInvariance may be moot";
+  // Why the mode exists: OpenBLAS chooses its kernels by shape (on the VMs this was written on,
+  // rows differ in most of these cases). Reported, not asserted: another BLAS build may differ.
+  std::printf(
+      "[ ordered gemm ] rows that changed with the call's shape: ordered %lld, OpenBLAS %lld\n",
+      static_cast<long long>(differ), static_cast<long long>(blas_differ));
 }
 
 TEST(OrderedGemm, TheThreadCountDoesNotChangeABit) {
