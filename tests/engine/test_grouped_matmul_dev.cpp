@@ -10,16 +10,12 @@
 
 #include "base/error.h"
 #include "engine/backend.h"
+#include "tests/engine/random_tensor.h"
 
 namespace shoal {
 namespace {
 
-Tensor randn(const Shape& s, std::mt19937& rng) {
-  Tensor t = Tensor::empty(s, DType::f32);
-  std::normal_distribution<float> nd(0.0f, 1.0f);
-  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = nd(rng);
-  return t;
-}
+using testing::randn;
 
 Tensor offsets_of(const std::vector<int64_t>& rows) {
   Tensor o = Tensor::empty({int64_t(rows.size()) + 1}, DType::i32);

@@ -10,16 +10,12 @@
 #include <vector>
 
 #include "engine/backend.h"
+#include "tests/engine/random_tensor.h"
 
 namespace shoal {
 namespace {
 
-Tensor randn(const Shape& s, std::mt19937& rng, float scale = 1.0f) {
-  Tensor t = Tensor::empty(s, DType::f32);
-  std::normal_distribution<float> nd(0.0f, scale);
-  for (int64_t i = 0; i < t.numel(); ++i) t.f32()[i] = nd(rng);
-  return t;
-}
+using testing::randn;
 
 bool same_bits(const Tensor& a, const Tensor& b) {
   return a.numel() == b.numel() && std::memcmp(a.f32(), b.f32(), size_t(a.numel()) * 4) == 0;
