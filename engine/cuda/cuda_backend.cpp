@@ -1122,56 +1122,46 @@ class CudaBackend final : public Backend {
 
   void moe_sort(const Tensor& topk_idx, int64_t n_experts, Tensor& order,
                 std::vector<int64_t>& counts) override {
-    check_dev(order, "moe_sort order");
+    Tensor dcounts = launch_moe_sort(topk_idx, n_experts, order, nullptr, "moe_sort");
+    Tensor h = to_host(dcounts);  // synchronises; a bad expert id throws here
+    counts.assign(h.i64(), h.i64() + n_experts);
+  }
+
+  // The sort's kernels (kernels/moe/moe.h), on the device, nothing read back: with offsets, the
+  // tokens per expert as i32 prefix sums there; without, returned as i64 counts [n_experts].
+  Tensor launch_moe_sort(const Tensor& topk_idx, int64_t n_experts, Tensor& order, int32_t* offsets,
+                         const std::string& what) {
+    check_dev(order, (what + " order").c_str());
     SHOAL_CHECK(topk_idx.dtype() == DType::i32 && topk_idx.is_contiguous() &&
                     order.dtype() == DType::i32 && order.numel() == topk_idx.numel() &&
                     order.is_contiguous() && n_experts >= 1,
-                "moe_sort: idx {} order {}", topk_idx.describe(), order.describe());
-    SHOAL_CHECK(n_experts <= 6144, "moe_sort: {} experts exceed the CUDA kernel's 6144", n_experts);
-    Tensor idx = on_device(topk_idx, "moe_sort idx");
+                "{}: idx {} order {}", what, topk_idx.describe(), order.describe());
+    SHOAL_CHECK(n_experts <= 6144, "{}: {} experts exceed the CUDA kernel's 6144", what, n_experts);
+    SHOAL_CHECK(topk_idx.numel() <= INT32_MAX, "{}: {} assignments exceed int32", what,
+                topk_idx.numel());
+    Tensor idx = on_device(topk_idx, (what + " idx").c_str());
     const int64_t m = idx.numel();
     Tensor hist = empty({kernels::moe_sort_chunks(m) * n_experts}, DType::i32);
-    Tensor dcounts = empty({n_experts}, DType::i64);
+    Tensor counts = offsets ? Tensor() : empty({n_experts}, DType::i64);
     kernels::MoeSortParams p;
     p.topk_idx = m ? idx.i32() : nullptr;
     p.m = m;
     p.experts = n_experts;
     p.order = m ? order.i32() : nullptr;
     p.chunk_hist = hist.i32();
-    p.counts = dcounts.i64();
+    p.counts = offsets ? nullptr : counts.i64();
+    p.offsets = offsets;
     p.status = ctx_.status;
     p.op = op_id(FaultOp::moe_sort);
     SHOAL_CUDA_CHECK(kernels::moe_sort_cuda(p, stream()));
-    Tensor h = to_host(dcounts);  // synchronises; a bad expert id throws here
-    counts.assign(h.i64(), h.i64() + n_experts);
+    return counts;
   }
 
   // moe_sort's kernels with the counts' prefix sums written on the device and nothing read back.
   void moe_sort_offsets(const Tensor& topk_idx, int64_t n_experts, Tensor& order,
                         Tensor& offsets) override {
-    check_dev(order, "moe_sort_offsets order");
     backend_checks::moe_offsets(offsets, n_experts, Device::cuda);
-    SHOAL_CHECK(topk_idx.dtype() == DType::i32 && topk_idx.is_contiguous() &&
-                    order.dtype() == DType::i32 && order.numel() == topk_idx.numel() &&
-                    order.is_contiguous() && n_experts >= 1,
-                "moe_sort_offsets: idx {} order {}", topk_idx.describe(), order.describe());
-    SHOAL_CHECK(n_experts <= 6144, "moe_sort_offsets: {} experts exceed the CUDA kernel's 6144",
-                n_experts);
-    SHOAL_CHECK(topk_idx.numel() <= INT32_MAX, "moe_sort_offsets: {} assignments exceed int32",
-                topk_idx.numel());
-    Tensor idx = on_device(topk_idx, "moe_sort_offsets idx");
-    const int64_t m = idx.numel();
-    Tensor hist = empty({kernels::moe_sort_chunks(m) * n_experts}, DType::i32);
-    kernels::MoeSortParams p;
-    p.topk_idx = m ? idx.i32() : nullptr;
-    p.m = m;
-    p.experts = n_experts;
-    p.order = m ? order.i32() : nullptr;
-    p.chunk_hist = hist.i32();
-    p.offsets = offsets.i32();
-    p.status = ctx_.status;
-    p.op = op_id(FaultOp::moe_sort);
-    SHOAL_CUDA_CHECK(kernels::moe_sort_cuda(p, stream()));
+    launch_moe_sort(topk_idx, n_experts, order, offsets.i32(), "moe_sort_offsets");
   }
 
   // bf16 mode: one launch of kernels/moe/grouped_gemm.cu over a grid bounded on the host, the
