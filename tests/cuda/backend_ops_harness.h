@@ -135,4 +135,40 @@ inline std::string shape_of(std::initializer_list<int64_t> dims) {
   return shape_str(Shape(dims));
 }
 
+// A second CUDA backend whose GEMMs run on bf16 operands (CudaGemm::bf16), for the bf16 GEMM
+// tests, beside BackendOps's f32 one.
+class Bf16BackendOps : public BackendOps {
+ protected:
+  void SetUp() override {
+    BackendOps::SetUp();
+    if (IsSkipped()) return;
+    bf16_ = make_cuda_backend(0, CudaBackendOptions{CudaGemm::bf16});
+  }
+  Backend& bf() { return *bf16_; }
+  std::unique_ptr<Backend> bf16_;
+};
+
+// x rounded to bf16 (nearest even) and back: what a bf16 GEMM multiplies.
+inline Tensor bf16_rounded(const Tensor& x) {
+  return x.contiguous().to(DType::bf16).to(DType::f32);
+}
+inline Tensor abs_of(const Tensor& t) {
+  Tensor a = t.contiguous();
+  for (int64_t i = 0; i < a.numel(); ++i) a.f32()[i] = std::fabs(a.f32()[i]);
+  return a;
+}
+
+// The error bound of a GEMM on operands that are already bf16, against the CPU's f32 GEMM on the
+// same (rounded) values, per output with prod = alpha |A||B| there. The products of two bf16
+// numbers are exact in f32; what remains is accumulation: at most k additions per output on each
+// side, 2^-24 relative each on the CPU (round to nearest), 2^-23 on the tensor cores (whose adders
+// may truncate); then alpha's multiply and beta c's add on each side (a few 2^-24). So
+// (k (2^-23 + 2^-24) + 4 2^-24) prod + 2^-22 |beta c|. An operand that was not rounded, or rounded
+// from stale values, errs by up to 2^-9 relative per product instead (~sqrt(k) 2^-9 of a typical
+// |product| for random signs: far above this bound for the k of these tests).
+inline double bf16_accumulation_bound(double prod, int64_t k, double beta_c = 0.0) {
+  return prod * (double(k) * (std::ldexp(1.0, -23) + std::ldexp(1.0, -24)) + std::ldexp(1.0, -22)) +
+         std::ldexp(1.0, -22) * std::fabs(beta_c) + 1e-30;
+}
+
 }  // namespace shoal::test

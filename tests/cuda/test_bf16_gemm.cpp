@@ -21,30 +21,11 @@ namespace {
 
 using test::BackendOps;
 
-// x rounded to bf16 (nearest even) and back: what the bf16 GEMM multiplies.
-Tensor rounded(const Tensor& x) {
-  return x.contiguous().to(DType::bf16).to(DType::f32);
-}
-Tensor abs_of(const Tensor& t) {
-  Tensor a = t.contiguous();
-  for (int64_t i = 0; i < a.numel(); ++i) a.f32()[i] = std::fabs(a.f32()[i]);
-  return a;
-}
+using test::abs_of;
+using test::bf16_accumulation_bound;
+using test::bf16_rounded;
 
-// The error bound of a GEMM on operands that are already bf16, against the CPU's f32 GEMM on the
-// same (rounded) values. The products of two bf16 numbers are exact in f32; what remains is
-// accumulation: at most k additions per output on each side, 2^-24 relative each on the CPU
-// (round to nearest), 2^-23 on the tensor cores (whose adders may truncate), times alpha |A||B|;
-// then alpha's multiply and beta c's add on each side (a few 2^-24). So
-// (k (2^-23 + 2^-24) + 4 2^-24) alpha |A||B| + 2^-22 |beta c|. An operand that was not rounded, or
-// rounded from stale values, errs by up to 2^-9 relative per element instead (far above this for
-// k <= 1000: 1.8e-4 at most).
-double accumulation_bound(double prod, int64_t k, double beta_c) {
-  return prod * (double(k) * (std::ldexp(1.0, -23) + std::ldexp(1.0, -24)) + std::ldexp(1.0, -22)) +
-         std::ldexp(1.0, -22) * std::fabs(beta_c) + 1e-30;
-}
-
-// Compares got with ref element-wise under accumulation_bound; prints one line. Returns the
+// Compares got with ref element-wise under bf16_accumulation_bound; prints one line. Returns the
 // number of elements out of bound.
 int64_t compare_rounded(const std::string& what, const Tensor& got, const Tensor& ref,
                         const Tensor& mag, const Tensor& c0, float beta, int64_t k) {
@@ -52,7 +33,7 @@ int64_t compare_rounded(const std::string& what, const Tensor& got, const Tensor
   double worst = 0;
   for (int64_t i = 0; i < ref.numel(); ++i) {
     const double e = std::fabs(double(got.f32()[i]) - double(ref.f32()[i]));
-    const double b = accumulation_bound(double(mag.f32()[i]), k, double(beta) * c0.f32()[i]);
+    const double b = bf16_accumulation_bound(double(mag.f32()[i]), k, double(beta) * c0.f32()[i]);
     if (!(e <= b)) ++bad;
     worst = std::max(worst, e / b);
   }
@@ -62,14 +43,8 @@ int64_t compare_rounded(const std::string& what, const Tensor& got, const Tensor
   return bad;
 }
 
-class Bf16Gemm : public BackendOps {
+class Bf16Gemm : public test::Bf16BackendOps {
  protected:
-  void SetUp() override {
-    BackendOps::SetUp();
-    if (IsSkipped()) return;
-    bf16_ = make_cuda_backend(0, CudaBackendOptions{CudaGemm::bf16});
-  }
-  Backend& bf() { return *bf16_; }
   // A device parameter (its storage marked as ParamSet marks it) holding `h`, loaded by copy.
   Tensor parameter(const Tensor& h) {
     Tensor p = bf().zeros(h.shape());
@@ -84,11 +59,10 @@ class Bf16Gemm : public BackendOps {
     Tensor yd = bf().zeros({xh.size(0), wh.size(0)});
     bf().matmul(xd, false, wd, true, yd);
     Tensor ref = Tensor::zeros(yd.shape(), DType::f32), mag = Tensor::zeros(yd.shape(), DType::f32);
-    cpu().matmul(rounded(xh), false, rounded(wh), true, ref);
-    cpu().matmul(abs_of(rounded(xh)), false, abs_of(rounded(wh)), true, mag);
+    cpu().matmul(bf16_rounded(xh), false, bf16_rounded(wh), true, ref);
+    cpu().matmul(abs_of(bf16_rounded(xh)), false, abs_of(bf16_rounded(wh)), true, mag);
     return compare_rounded(what, bf().to_host(yd), ref, mag, ref, 0.0f, xh.size(1));
   }
-  std::unique_ptr<Backend> bf16_;
 };
 
 TEST_F(Bf16Gemm, MatmulOperandsAreRoundedOnceToNearest) {
@@ -112,8 +86,9 @@ TEST_F(Bf16Gemm, MatmulOperandsAreRoundedOnceToNearest) {
             Tensor dc = bf().from_host(hc);
             const float alpha = 0.75f;
             Tensor ref = hc.clone(), mag = Tensor::zeros({c.m, c.n}, DType::f32);
-            cpu().matmul(rounded(a), ta, rounded(b), tb, ref, alpha, beta);
-            cpu().matmul(abs_of(rounded(a)), ta, abs_of(rounded(b)), tb, mag, alpha, 0.0f);
+            cpu().matmul(bf16_rounded(a), ta, bf16_rounded(b), tb, ref, alpha, beta);
+            cpu().matmul(abs_of(bf16_rounded(a)), ta, abs_of(bf16_rounded(b)), tb, mag, alpha,
+                         0.0f);
             bf().matmul(da, ta, db, tb, dc, alpha, beta);
             const std::string what =
                 fmt::format("{}x{}x{} ta={} tb={} b {} beta={}", c.m, c.k, c.n, ta, tb,
@@ -143,8 +118,9 @@ TEST_F(Bf16Gemm, GroupedMatmulOperandsAreRoundedOnceToNearest) {
       Tensor y = be->zeros({T, N}), ref = Tensor::zeros({T, N}, DType::f32);
       Tensor mag = Tensor::zeros({T, N}, DType::f32);
       be->grouped_matmul(xd, false, wv, true, y, rows);
-      cpu().grouped_matmul(rounded(xh), false, rounded(w), true, ref, rows);
-      cpu().grouped_matmul(abs_of(rounded(xh)), false, abs_of(rounded(w)), true, mag, rows);
+      cpu().grouped_matmul(bf16_rounded(xh), false, bf16_rounded(w), true, ref, rows);
+      cpu().grouped_matmul(abs_of(bf16_rounded(xh)), false, abs_of(bf16_rounded(w)), true, mag,
+                           rows);
       EXPECT_EQ(compare_rounded(mode + " x W^T (W parameter)", be->to_host(y), ref, mag, ref, 0, K),
                 0);
     }
@@ -152,8 +128,9 @@ TEST_F(Bf16Gemm, GroupedMatmulOperandsAreRoundedOnceToNearest) {
       Tensor y = be->zeros({T, K}), ref = Tensor::zeros({T, K}, DType::f32);
       Tensor mag = Tensor::zeros({T, K}, DType::f32);
       be->grouped_matmul(dyd, false, wv, false, y, rows);
-      cpu().grouped_matmul(rounded(dyh), false, rounded(w), false, ref, rows);
-      cpu().grouped_matmul(abs_of(rounded(dyh)), false, abs_of(rounded(w)), false, mag, rows);
+      cpu().grouped_matmul(bf16_rounded(dyh), false, bf16_rounded(w), false, ref, rows);
+      cpu().grouped_matmul(abs_of(bf16_rounded(dyh)), false, abs_of(bf16_rounded(w)), false, mag,
+                           rows);
       EXPECT_EQ(compare_rounded(mode + " dy W (W parameter)", be->to_host(y), ref, mag, ref, 0, N),
                 0);
     }
@@ -161,8 +138,9 @@ TEST_F(Bf16Gemm, GroupedMatmulOperandsAreRoundedOnceToNearest) {
       Tensor c0 = rand_host({G, N, K});
       Tensor dw = be->from_host(c0), ref = c0.clone(), mag = Tensor::zeros({G, N, K}, DType::f32);
       be->grouped_matmul(dyd, true, xd, false, dw, rows, 1.0f, 1.0f);
-      cpu().grouped_matmul(rounded(dyh), true, rounded(xh), false, ref, rows, 1.0f, 1.0f);
-      cpu().grouped_matmul(abs_of(rounded(dyh)), true, abs_of(rounded(xh)), false, mag, rows);
+      cpu().grouped_matmul(bf16_rounded(dyh), true, bf16_rounded(xh), false, ref, rows, 1.0f, 1.0f);
+      cpu().grouped_matmul(abs_of(bf16_rounded(dyh)), true, abs_of(bf16_rounded(xh)), false, mag,
+                           rows);
       EXPECT_EQ(compare_rounded(mode + " dW += dy^T x", be->to_host(dw), ref, mag, c0, 1.0f,
                                 *std::max_element(rows.begin(), rows.end())),
                 0);
@@ -234,7 +212,7 @@ TEST_F(Bf16Gemm, KeptCopyFollowsEveryWrite) {
     bf().matmul(bf().from_host(eye), false, wd, false, y);
     EXPECT_EQ(wd.storage()->derived_version, wd.storage()->version.load());
     w_now = bf().to_host(wd);
-    Tensor got = bf().to_host(y), want = rounded(w_now);
+    Tensor got = bf().to_host(y), want = bf16_rounded(w_now);
     int64_t differ = 0;
     for (int64_t i = 0; i < want.numel(); ++i) differ += got.f32()[i] != want.f32()[i];
     std::printf("[ %-24s] %-52s %lld of %lld elements differ from bf16(W) %s\n", "bf16 gemm",
@@ -267,8 +245,8 @@ TEST_F(Bf16Gemm, KeptCopyFollowsEveryWrite) {
     Tensor yd = bf().zeros({R, N});
     bf().matmul(xd, false, wd, true, yd);
     Tensor ref = Tensor::zeros({R, N}, DType::f32), mag = Tensor::zeros({R, N}, DType::f32);
-    cpu().matmul(rounded(xh), false, rounded(nh), true, ref);
-    cpu().matmul(abs_of(rounded(xh)), false, abs_of(rounded(nh)), true, mag);
+    cpu().matmul(bf16_rounded(xh), false, bf16_rounded(nh), true, ref);
+    cpu().matmul(abs_of(bf16_rounded(xh)), false, abs_of(bf16_rounded(nh)), true, mag);
     const int64_t stale = compare_rounded("stale on purpose (expected to fail)", bf().to_host(yd),
                                           ref, mag, ref, 0.0f, K);
     EXPECT_GT(stale, R * N / 2) << "a stale bf16 copy would go unnoticed by these checks";
@@ -358,7 +336,7 @@ TEST_F(Bf16Gemm, AdamWMultiMatchesCpuOverManyTensors) {
   int64_t differ = 0, copies = 0;
   for (size_t c = 0; c < kept.size(); ++c) {
     const int64_t n = kept[c].numel();
-    Tensor got = bf().to_host(kept_y[c]), want = rounded(bf().to_host(kept[c]).view({n, 1}));
+    Tensor got = bf().to_host(kept_y[c]), want = bf16_rounded(bf().to_host(kept[c]).view({n, 1}));
     for (int64_t j = 0; j < n; ++j) differ += got.f32()[j] != want.f32()[j];
     ++copies;
   }

@@ -33,27 +33,9 @@ Tensor moe_weight(ParamSet& ps, const std::string& suffix) {
   SHOAL_FAIL("no parameter named *{}", suffix);
 }
 
-// x rounded to bf16 (nearest even) and back: what the bf16 GEMM multiplies.
-Tensor rounded(const Tensor& x) {
-  return x.contiguous().to(DType::bf16).to(DType::f32);
-}
-Tensor abs_of(const Tensor& t) {
-  Tensor a = t.contiguous();
-  for (int64_t i = 0; i < a.numel(); ++i) a.f32()[i] = std::fabs(a.f32()[i]);
-  return a;
-}
-
-// The error bound against the CPU's f32 GEMM on the same rounded operands, argued as in
-// test_bf16_gemm.cpp: products of two bf16 numbers are exact in f32, so only accumulation
-// differs: at most k additions per output on each side, 2^-24 relative each on the CPU (round to
-// nearest), 2^-23 on the tensor cores (whose adders may truncate), times |A||B|; 2^-22 more covers
-// second order. An operand not rounded, or rounded twice or to a stale copy, errs by up to 2^-9
-// per product instead: for random signs ~sqrt(k) 2^-9 of the typical |product|, far above
-// k 1.8e-7 for the k <= 2,048 here.
-double accumulation_bound(double prod, int64_t k) {
-  return prod * (double(k) * (std::ldexp(1.0, -23) + std::ldexp(1.0, -24)) + std::ldexp(1.0, -22)) +
-         1e-30;
-}
+using test::abs_of;
+using test::bf16_accumulation_bound;
+using test::bf16_rounded;
 
 constexpr float kPoison = 12345.0f;
 
@@ -76,14 +58,8 @@ Tensor route(int64_t tokens, int64_t experts, int64_t top_k, std::mt19937& rng) 
   return idx;
 }
 
-class GroupedMatmulDev : public BackendOps {
+class GroupedMatmulDev : public test::Bf16BackendOps {
  protected:
-  void SetUp() override {
-    BackendOps::SetUp();
-    if (IsSkipped()) return;
-    bf16_ = make_cuda_backend(0, CudaBackendOptions{CudaGemm::bf16});
-  }
-  Backend& bf() { return *bf16_; }
   void time_decode_shapes();
 
   // One call of bf().grouped_matmul_dev(a, b, c, offsets) checked element by element against
@@ -122,8 +98,8 @@ class GroupedMatmulDev : public BackendOps {
     const Tensor got = bf().to_host(cd_big);
 
     Tensor ref = Tensor::zeros({total, n}, DType::f32), mag = Tensor::zeros({total, n}, DType::f32);
-    cpu().grouped_matmul_dev(rounded(ah), rounded(bh), ref, offs_h);
-    cpu().grouped_matmul_dev(abs_of(rounded(ah)), abs_of(rounded(bh)), mag, offs_h);
+    cpu().grouped_matmul_dev(bf16_rounded(ah), bf16_rounded(bh), ref, offs_h);
+    cpu().grouped_matmul_dev(abs_of(bf16_rounded(ah)), abs_of(bf16_rounded(bh)), mag, offs_h);
     int64_t bad = 0;
     double worst = 0;
     for (int64_t r = 0; r < total; ++r)
@@ -134,7 +110,7 @@ class GroupedMatmulDev : public BackendOps {
           continue;
         }
         const double e = std::fabs(double(g) - double(ref.f32()[r * n + j - 1]));
-        const double b = accumulation_bound(double(mag.f32()[r * n + j - 1]), k);
+        const double b = bf16_accumulation_bound(double(mag.f32()[r * n + j - 1]), k);
         if (!(e <= b)) ++bad;
         worst = std::max(worst, e / b);
       }
@@ -143,7 +119,6 @@ class GroupedMatmulDev : public BackendOps {
                 static_cast<long long>(total * (n + 2)), bad == 0 ? "PASS" : "FAIL");
     return bad;
   }
-  std::unique_ptr<Backend> bf16_;
 };
 
 TEST_F(GroupedMatmulDev, MatchesTheCpuReferenceOnOddShapes) {
@@ -321,12 +296,13 @@ TEST_F(GroupedMatmulDev, MoeForwardTakesTheDevicePathForInference) {
     }
     const Tensor xs = be.to_host(s_dev.xs), w = be.to_host(moe_weight(ps, "experts.gate_up_proj"));
     Tensor mag = Tensor::zeros({n * k, w.size(1)}, DType::f32);
-    cpu().grouped_matmul(abs_of(rounded(xs)), false, abs_of(rounded(w)), true, mag, s_host.counts);
+    cpu().grouped_matmul(abs_of(bf16_rounded(xs)), false, abs_of(bf16_rounded(w)), true, mag,
+                         s_host.counts);
     const Tensor gd = be.to_host(s_dev.gate_up), gh = be.to_host(s_host.gate_up);
     int64_t bad = 0;
     for (int64_t i = 0; i < gd.numel(); ++i)
       bad += !(std::fabs(double(gd.f32()[i]) - double(gh.f32()[i])) <=
-               2 * accumulation_bound(double(mag.f32()[i]), d));
+               2 * bf16_accumulation_bound(double(mag.f32()[i]), d));
     EXPECT_EQ(bad, 0) << "bf16: the experts' first GEMM, device path against host path";
   }
 }
