@@ -17,7 +17,12 @@
 //   bench_cuda_decode --config moe-2b.json [--prompt 256] [--new 128] [--batches 1,32,256]
 //                     [--reps 3] [--max-tokens 16384] [--gemm f32,bf16]
 //                     [--attention f32,tf32,bf16] [--seed 0] [--no-generate] [--profile 0]
+//                     [--ncu]
+// --ncu: one replayed decode step per batch between cudaProfilerStart and cudaProfilerStop, for
+// `ncu --profile-from-start off` (each kernel's device time).
 // One line "RESULT {json}" per precision on stdout (for bench/cuda_bench.sh).
+#include <cuda_profiler_api.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -57,7 +62,7 @@ std::vector<std::string> split(const std::string& s) {
 struct Options {
   std::string config;
   int64_t prompt = 256, new_tokens = 128, reps = 3, max_tokens = 16384, profile = 0;
-  bool generate = true;
+  bool generate = true, ncu = false;
   uint64_t seed = 0;
   std::vector<int64_t> batches{1, 32, 256};
   std::vector<std::string> gemms{"f32"};
@@ -129,21 +134,33 @@ void decode(const Options& o, const ModelConfig& cfg, bench::CudaTimingBackend& 
       generate(model, prompts, w);
       cuda_synchronize();
     }
+    // With decode steps replayed from recorded graphs (the default), then op by op.
+    for (bool graphs : {true, false}) {
+      model.set_decode_graphs(graphs);
+      const Model::DecodeGraphStats before = model.decode_graph_stats();
+      auto t0 = Clock::now();
+      auto gens = generate(model, prompts, sp);
+      cuda_synchronize();
+      const double dt = since(t0);
+      int64_t produced = 0;
+      for (auto& g : gens) produced += int64_t(g.ids.size());
+      SHOAL_CHECK(produced == b * o.new_tokens, "generate produced {} tokens, not {}", produced,
+                  b * o.new_tokens);
+      const double tps = double(b * o.new_tokens) / dt;
+      const Model::DecodeGraphStats& after = model.decode_graph_stats();
+      std::printf(
+          "generate batch %4lld: %lld prompt + %lld new tokens each, %.3f s, %.0f new "
+          "tokens/s (prefill included); decode steps %s (%lld recorded, %lld replayed%s%s)\n",
+          (long long)b, (long long)o.prompt, (long long)o.new_tokens, dt, tps,
+          graphs ? "as graphs" : "op by op", (long long)(after.recorded - before.recorded),
+          (long long)(after.replayed - before.replayed),
+          after.refused.empty() ? "" : "; refused: ", after.refused.c_str());
+      const std::string suffix = graphs ? "" : "_no_graphs";
+      j["generate_b" + std::to_string(b) + "_tokens_per_s" + suffix] = tps;
+      j["generate_b" + std::to_string(b) + "_s" + suffix] = dt;
+    }
+    model.set_decode_graphs(true);
     auto t0 = Clock::now();
-    auto gens = generate(model, prompts, sp);
-    cuda_synchronize();
-    const double dt = since(t0);
-    int64_t produced = 0;
-    for (auto& g : gens) produced += int64_t(g.ids.size());
-    SHOAL_CHECK(produced == b * o.new_tokens, "generate produced {} tokens, not {}", produced,
-                b * o.new_tokens);
-    const double tps = double(b * o.new_tokens) / dt;
-    std::printf(
-        "generate batch %4lld: %lld prompt + %lld new tokens each, %.3f s, %.0f new "
-        "tokens/s (prefill included)\n",
-        (long long)b, (long long)o.prompt, (long long)o.new_tokens, dt, tps);
-    j["generate_b" + std::to_string(b) + "_tokens_per_s"] = tps;
-    j["generate_b" + std::to_string(b) + "_s"] = dt;
 
     // The decode step alone, through forward_cached, and the logits copy inside it.
     const int64_t steps = 16;
@@ -200,11 +217,37 @@ void decode(const Options& o, const ModelConfig& cfg, bench::CudaTimingBackend& 
       dlogits = model.forward_cached(cache, seqs, t, on_device);
       be.sample_rows(dlogits, greedy, ids, lps);
     };
+    // Two steps first: a new graph key runs op by op once, then is recorded.
+    device_step();
     device_step();
     cuda_synchronize();
     t0 = Clock::now();
     for (int64_t s = 0; s < steps; ++s) device_step();
     const double step_dev = since(t0) / steps;
+    if (o.ncu) {
+      cudaProfilerStart();
+      device_step();
+      cuda_synchronize();
+      cudaProfilerStop();
+    }
+    model.set_decode_graphs(false);
+    device_step();
+    cuda_synchronize();
+    t0 = Clock::now();
+    for (int64_t s = 0; s < steps; ++s) device_step();
+    const double step_eager = since(t0) / steps;
+    // The host's share of a step op by op: the time to enqueue forward_cached (nothing waits on
+    // the device inside it), against the whole step.
+    cuda_synchronize();
+    t0 = Clock::now();
+    {
+      std::vector<std::vector<int32_t>> t;
+      for (int32_t id : ids) t.push_back({id});
+      dlogits = model.forward_cached(cache, seqs, t, on_device);
+    }
+    const double enqueue = since(t0);
+    be.sample_rows(dlogits, greedy, ids, lps);
+    model.set_decode_graphs(true);
     // sample_rows alone on these logits: greedy, and top-p 0.9 at temperature 1.
     std::vector<TokenDraw> nucleus = greedy;
     for (auto& d : nucleus) d.greedy = false, d.top_p = 0.9f, d.u = 0.37;
@@ -216,14 +259,19 @@ void decode(const Options& o, const ModelConfig& cfg, bench::CudaTimingBackend& 
       sample_ms[k] = since(t0) / 10 * 1e3;
     }
     std::printf(
-        "decode step batch %4lld, tokens drawn on the device: %.2f ms/step (%.0f tokens/s); "
+        "decode step batch %4lld, tokens drawn on the device: %.2f ms/step (%.0f tokens/s) "
+        "replayed from a graph, %.2f ms op by op (of which %.2f ms enqueueing the ops); "
         "sample_rows alone %.3f ms greedy, %.3f ms top-p 0.9\n",
-        (long long)b, step_dev * 1e3, double(b) / step_dev, sample_ms[0], sample_ms[1]);
+        (long long)b, step_dev * 1e3, double(b) / step_dev, step_eager * 1e3, enqueue * 1e3,
+        sample_ms[0], sample_ms[1]);
     j["decode_step_device_b" + std::to_string(b) + "_ms"] = step_dev * 1e3;
+    j["decode_step_device_no_graphs_b" + std::to_string(b) + "_ms"] = step_eager * 1e3;
+    j["decode_enqueue_no_graphs_b" + std::to_string(b) + "_ms"] = enqueue * 1e3;
     j["sample_rows_greedy_b" + std::to_string(b) + "_ms"] = sample_ms[0];
     j["sample_rows_top_p_b" + std::to_string(b) + "_ms"] = sample_ms[1];
 
-    if (o.profile > 0) {
+    if (o.profile > 0) {  // op by op: a replayed graph is one launch
+      model.set_decode_graphs(false);
       be.reset();
       be.enabled = true;
       t0 = Clock::now();
@@ -251,6 +299,7 @@ void decode(const Options& o, const ModelConfig& cfg, bench::CudaTimingBackend& 
                     (long long)(st.calls / o.profile), st.flops / st.sec * 1e-12);
       }
       std::printf("\n");
+      model.set_decode_graphs(true);
     }
   }
 }
@@ -327,6 +376,8 @@ int main_impl(int argc, char** argv) {
       o.max_tokens = std::stoll(next());
     } else if (a == "--new") {
       o.new_tokens = std::stoll(next());
+    } else if (a == "--ncu") {
+      o.ncu = true;
     } else if (a == "--no-generate") {
       o.generate = false;
     } else if (a == "--profile") {

@@ -304,6 +304,11 @@ class CudaTimingBackend final : public Backend {
                            scale, out);
     });
   }
+  // The body's ops come back through this backend; with timing enabled they synchronise, which a
+  // recording refuses (the step then runs op by op).
+  std::unique_ptr<OpGraph> record(const std::function<void()>& body, std::string& why) override {
+    return be_.record(body, why);
+  }
   void sample_rows(const Tensor& logits, const std::vector<TokenDraw>& draws,
                    std::vector<int32_t>& ids, std::vector<float>& logprobs) override {
     timed("sample_rows", 0, [&] { be_.sample_rows(logits, draws, ids, logprobs); });

@@ -11,6 +11,11 @@
 
 namespace shoal {
 
+std::unique_ptr<OpGraph> Backend::record(const std::function<void()>&, std::string& why) {
+  why = fmt::format("the {} backend does not record op sequences", device_name(device()));
+  return nullptr;
+}
+
 void Backend::moe_sort_offsets(const Tensor& topk_idx, int64_t n_experts, Tensor& order,
                                Tensor& offsets) {
   backend_checks::moe_offsets(offsets, n_experts, device());

@@ -4,7 +4,9 @@
 // overwrites. Not an autograd system: the model's layers call forward and backward ops explicitly.
 #pragma once
 
+#include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "engine/tensor.h"
@@ -48,6 +50,16 @@ struct AdamWParams {
 struct AdamWTensor {
   Tensor param, grad, m, v;
   float weight_decay = 0.0f;
+};
+
+// A recorded sequence of a backend's ops that runs again, as one launch, on the same memory
+// (CUDA graphs): Backend::record makes one.
+class OpGraph {
+ public:
+  virtual ~OpGraph() = default;
+  // Enqueues the recorded ops, as the body enqueued them, on the backend's stream: they read
+  // whatever the tensors they were recorded with hold at that point in the stream.
+  virtual void replay() = 0;
 };
 
 class Backend {
@@ -244,7 +256,8 @@ class Backend {
   virtual void scale_rows(Tensor& x, const Tensor& idx, const Tensor& w) = 0;
 
   // --- latent KV cache (absorbed MLA decoding) ---
-  // dst[idx[i]] = src[i] for rows (indices distinct); writes new latents into the cache pool.
+  // dst[idx[i]] = src[i] for rows (indices distinct; -1: row i is not written); writes new latents
+  // into the cache pool.
   virtual void scatter_rows(const Tensor& src, const Tensor& idx, Tensor& dst) = 0;
   // Absorbed paged latent attention (REFERENCE.md §1): q [N, H, R+dr] (W_UK-folded q_nope ++ q_pe,
   // last stride 1) attends, with one KV head shared by all heads, over its sequence's cached
@@ -287,6 +300,18 @@ class Backend {
   // of the parameters in the same pass.
   virtual void adamw_multi(const std::vector<AdamWTensor>& tensors, const AdamWParams& p,
                            const Tensor* clip) = 0;
+
+  // --- recording ---
+  // Records the ops `body` enqueues on this backend, without running them, into an OpGraph that
+  // replays them with one launch (a device backend's way around the host's per-op launch cost).
+  // The body must be closed over memory: every tensor it allocates is freed before it returns
+  // (its memory then belongs to the recording and is reused by each replay), and it frees no
+  // tensor allocated before it; results go into tensors allocated before. Ops that need the host
+  // in the middle (a copy to or from the host, a read of a count) cannot be recorded. Returns
+  // nullptr with `why` set when nothing was recorded: the backend cannot record (this default:
+  // the CPU has no launches to save), or the body did something that cannot be recorded. The
+  // backend stays usable either way; what the body did to host state happened once.
+  virtual std::unique_ptr<OpGraph> record(const std::function<void()>& body, std::string& why);
 };
 
 std::unique_ptr<Backend> make_cpu_backend();

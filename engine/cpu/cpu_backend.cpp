@@ -1177,10 +1177,11 @@ class CpuBackend final : public Backend {
     const int32_t* pi = idx.i32();
     int64_t m = src.size(0), d = src.size(1);
     for (int64_t i = 0; i < m; ++i)
-      SHOAL_CHECK(pi[i] >= 0 && pi[i] < dst.size(0), "scatter_rows: index {} out of range", pi[i]);
+      SHOAL_CHECK(pi[i] >= -1 && pi[i] < dst.size(0), "scatter_rows: index {} out of range", pi[i]);
     for (int64_t i = 0; i < m; ++i)
-      std::memcpy(dst.f32() + pi[i] * row_stride(dst), src.f32() + i * row_stride(src),
-                  size_t(d) * 4);
+      if (pi[i] != -1)
+        std::memcpy(dst.f32() + pi[i] * row_stride(dst), src.f32() + i * row_stride(src),
+                    size_t(d) * 4);
   }
 
   // The reference: scores and sums in f64, one row and head at a time.

@@ -108,6 +108,31 @@ class PinnedAllocator final : public Allocator {
   Device device() const override { return Device::cpu; }
 };
 
+// A recorded op sequence: an instantiated CUDA graph, launched on the backend's stream. Its
+// allocations are graph allocations (freed inside it, reused by each launch).
+class CudaOpGraph final : public OpGraph {
+ public:
+  CudaOpGraph(cudaGraphExec_t exec, cudaStream_t stream, int device)
+      : exec_(exec), stream_(stream), device_(device) {}
+  ~CudaOpGraph() override {
+    // Safe while a launch is in flight: the executable is released when it completes.
+    if (cudaGraphExecDestroy(exec_) != cudaSuccess) cudaGetLastError();
+  }
+  void replay() override {
+    int prev = 0;
+    cudaGetDevice(&prev);
+    if (prev != device_) cudaSetDevice(device_);
+    const cudaError_t err = cudaGraphLaunch(exec_, stream_);
+    if (prev != device_) cudaSetDevice(prev);
+    SHOAL_CUDA_CHECK(err);
+  }
+
+ private:
+  cudaGraphExec_t exec_;
+  cudaStream_t stream_;
+  int device_;
+};
+
 class CudaBackend final : public Backend {
  public:
   CudaBackend(int device, const CudaBackendOptions& options)
@@ -1360,6 +1385,74 @@ class CudaBackend final : public Backend {
       p.work = work.f32();
     }
     SHOAL_CUDA_CHECK(kernels::latent_attention_cuda(p, stream()));
+  }
+
+  // ---------------------------------------------------------------- recording
+
+  // Stream capture on the backend's stream (thread-local mode: other threads' CUDA calls do not
+  // spoil it). A call in the body that cannot be captured (a synchronisation, a copy to the host
+  // or from pageable memory) invalidates the capture, so its error ends the recording, and the
+  // capture's own end reports it; an error of the body's own (bad input) is rethrown.
+  std::unique_ptr<OpGraph> record(const std::function<void()>& body, std::string& why) override {
+    cudaStreamCaptureStatus status = cudaStreamCaptureStatusNone;
+    SHOAL_CUDA_CHECK(cudaStreamIsCapturing(stream(), &status));
+    if (status != cudaStreamCaptureStatusNone) {
+      why = "the stream is already being recorded";
+      return nullptr;
+    }
+    cuda::synchronize_and_check(ctx_);  // faults of earlier work are not the recording's
+    ctx_.allocator->begin_recording();
+    const cudaError_t begun = cudaStreamBeginCapture(stream(), cudaStreamCaptureModeThreadLocal);
+    if (begun != cudaSuccess) {
+      ctx_.allocator->end_recording();
+      cudaGetLastError();
+      why = fmt::format("cudaStreamBeginCapture: {}", cudaGetErrorString(begun));
+      return nullptr;
+    }
+    std::exception_ptr failure;
+    std::string failure_text;
+    try {
+      body();
+    } catch (const std::exception& e) {
+      failure = std::current_exception();
+      failure_text = e.what();
+    } catch (...) {
+      failure = std::current_exception();
+      failure_text = "an exception that is not std::exception";
+    }
+    cudaGraph_t graph = nullptr;
+    const cudaError_t ended = cudaStreamEndCapture(stream(), &graph);
+    const cuda::CudaAllocator::RecordingCheck mem = ctx_.allocator->end_recording();
+    if (ended != cudaSuccess) cudaGetLastError();
+    auto drop = [&] {
+      if (graph && cudaGraphDestroy(graph) != cudaSuccess) cudaGetLastError();
+    };
+    if (ended != cudaSuccess || graph == nullptr) {  // something in the body cannot be captured
+      drop();
+      why = fmt::format("{} ({})", cudaGetErrorString(ended),
+                        failure_text.empty() ? "no error in the body" : failure_text);
+      return nullptr;
+    }
+    if (failure) {
+      drop();
+      std::rethrow_exception(failure);
+    }
+    if (mem.left_alive > 0 || mem.foreign_frees > 0) {
+      drop();
+      SHOAL_FAIL(
+          "Backend::record: the body left {} allocation(s) alive and freed {} allocated before "
+          "it; a recorded body must free what it allocates and nothing else (backend.h)",
+          mem.left_alive, mem.foreign_frees);
+    }
+    cudaGraphExec_t exec = nullptr;
+    const cudaError_t inst = cudaGraphInstantiateWithFlags(&exec, graph, 0);
+    drop();
+    if (inst != cudaSuccess) {
+      cudaGetLastError();
+      why = fmt::format("cudaGraphInstantiate: {}", cudaGetErrorString(inst));
+      return nullptr;
+    }
+    return std::make_unique<CudaOpGraph>(exec, stream(), ctx_.device);
   }
 
   // ---------------------------------------------------------------- sampling

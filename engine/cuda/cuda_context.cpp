@@ -48,6 +48,11 @@ void* CudaAllocator::allocate(size_t bytes) {
   DeviceScope scope(device_);
   void* p = nullptr;
   cudaError_t err = cudaMallocAsync(&p, bytes, stream_);
+  if (err != cudaSuccess && recording_) {  // no retry under capture: it would synchronise
+    cudaGetLastError();
+    SHOAL_FAIL("CUDA allocation of {} bytes while recording failed ({}: {})", bytes,
+               cudaGetErrorName(err), cudaGetErrorString(err));
+  }
   if (err != cudaSuccess) {
     cudaGetLastError();  // allocation failures are not sticky; clear the last-error slot
     // Return the pool's cached blocks to the driver and try once more.
@@ -67,12 +72,35 @@ void* CudaAllocator::allocate(size_t bytes) {
     }
   }
   live_ += bytes;
+  if (recording_) {
+    std::lock_guard<std::mutex> lock(recording_mu_);
+    recorded_.insert(p);
+  }
   return p;
+}
+
+void CudaAllocator::begin_recording() {
+  std::lock_guard<std::mutex> lock(recording_mu_);
+  recorded_.clear();
+  foreign_frees_ = 0;
+  recording_ = true;
+}
+
+CudaAllocator::RecordingCheck CudaAllocator::end_recording() {
+  std::lock_guard<std::mutex> lock(recording_mu_);
+  recording_ = false;
+  RecordingCheck c{recorded_.size(), foreign_frees_};
+  recorded_.clear();
+  return c;
 }
 
 void CudaAllocator::deallocate(void* p, size_t bytes) {
   if (p == nullptr) return;
   live_ -= bytes;
+  if (recording_) {
+    std::lock_guard<std::mutex> lock(recording_mu_);
+    if (recorded_.erase(p) == 0) ++foreign_frees_;
+  }
   // Stream-ordered: the block is reusable by later work on the same stream. Errors cannot be
   // thrown from a destructor path; at process exit the runtime may already be unloading.
   DeviceScope scope(device_);

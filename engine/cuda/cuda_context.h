@@ -8,6 +8,8 @@
 #include <cuda_runtime.h>
 
 #include <atomic>
+#include <mutex>
+#include <unordered_set>
 
 #include "engine/tensor.h"
 #include "kernels/common/kernel_status.h"
@@ -23,11 +25,25 @@ class CudaAllocator final : public Allocator {
   Device device() const override { return Device::cuda; }
   size_t live_bytes() const { return live_.load(); }
 
+  // While the stream is being captured (Backend::record), allocations become the graph's own
+  // (cudaMallocAsync under capture): these calls track them, so that the recording can check that
+  // its body freed all it allocated and freed nothing allocated outside it.
+  void begin_recording();
+  struct RecordingCheck {
+    size_t left_alive = 0;     // allocated while recording and not freed
+    size_t foreign_frees = 0;  // frees while recording of memory allocated before
+  };
+  RecordingCheck end_recording();
+
  private:
   int device_;
   cudaStream_t stream_;
   cudaMemPool_t pool_ = nullptr;
   std::atomic<size_t> live_{0};
+  std::mutex recording_mu_;
+  std::atomic<bool> recording_{false};
+  std::unordered_set<void*> recorded_;
+  size_t foreign_frees_ = 0;
 };
 
 struct CudaContext {

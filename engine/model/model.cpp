@@ -4,6 +4,7 @@
 #include <unistd.h>
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -64,8 +65,15 @@ Batch Batch::next_token(const std::vector<std::vector<int32_t>>& seqs) {
   return b;
 }
 
+namespace {
+bool decode_graphs_default() {
+  const char* e = std::getenv("SHOAL_CUDA_GRAPHS");
+  return !(e && std::string(e) == "0");
+}
+}  // namespace
+
 Model::Model(const ModelConfig& config, Backend& backend)
-    : config_(config), be_(&backend), params_(backend) {
+    : config_(config), be_(&backend), params_(backend), decode_graphs_on_(decode_graphs_default()) {
   config_.validate("model config");
   const ModelConfig& c = config_;
   int64_t d = c.hidden_size;
@@ -275,6 +283,7 @@ const Tensor& Model::rope_table(int64_t positions) {
     int64_t p =
         std::max<int64_t>(positions, std::min<int64_t>(config_.max_position_embeddings, 8192));
     rope_table_ = be_->from_host(rope_cos_sin_table(config_, p));
+    decode_graphs_.clear();  // they read the old table
   }
   return rope_table_;
 }
@@ -521,6 +530,17 @@ Tensor Model::forward_cached(LatentKvCache& cache, const std::vector<int64_t>& s
     in.dsa_len.push_back(dsa_len[i]);
   }
   in.cos_sin = rope_table(max_pos);
+  if (on_device && decode_graphs_on_ && int64_t(seqs.size()) == n && !opt.routing &&
+      !opt.dsa_topk && std::find(in.mha.begin(), in.mha.end(), 1) == in.mha.end()) {
+    Tensor logits = decode_graph_step(cache, seqs, in, ids, max_pos);
+    if (logits.defined()) {
+      for (size_t i = 0; i < seqs.size(); ++i) {
+        cache.advance(seqs[i], 1);
+        cache.tokens(seqs[i]).push_back(feed[i][0]);
+      }
+      return opt.device_logits ? logits : be.to_host(logits);
+    }
+  }
   if (on_device) {
     // The cache addressing of every layer, with the ids and positions, in one upload: the slot
     // of each row, each chunk's page list, and each row's chunk and key count.
@@ -552,6 +572,29 @@ Tensor Model::forward_cached(LatentKvCache& cache, const std::vector<int64_t>& s
     in.block_table = dev.slice(0, 5 * n, 5 * n + chunks * np).view({chunks, np});
     in.max_len = max_pos;
   }
+  std::vector<int64_t> rows;
+  if (opt.last_logits_only) {
+    for (size_t i = 0; i < seqs.size(); ++i) rows.push_back(in.cu[i + 1] - 1);
+  } else {
+    rows = wanted;
+  }
+  Tensor logits;
+  cached_layers(ids, in, cache, rows, wanted, opt, logits);
+  for (size_t i = 0; i < seqs.size(); ++i) {
+    cache.advance(seqs[i], int64_t(feed[i].size()));
+    auto& known = cache.tokens(seqs[i]);
+    known.insert(known.end(), feed[i].begin(), feed[i].end());
+  }
+  return opt.device_logits ? logits : be.to_host(logits);
+}
+
+void Model::cached_layers(const Tensor& ids, CachedInputs& in, LatentKvCache& cache,
+                          const std::vector<int64_t>& rows, const std::vector<int64_t>& wanted,
+                          const CachedForwardOptions& opt, Tensor& logits) {
+  const ModelConfig& c = config_;
+  Backend& be = *be_;
+  const bool on_device = be.device() != Device::cpu;
+  const int64_t n = ids.numel();
   const float eps = float(c.rms_norm_eps);
   int64_t d = c.hidden_size;
   if (opt.routing) opt.routing->assign(layers_.size(), Tensor());
@@ -588,17 +631,6 @@ Tensor Model::forward_cached(LatentKvCache& cache, const std::vector<int64_t>& s
     be.add(out, h1);
     x = out;
   }
-  for (size_t i = 0; i < seqs.size(); ++i) {
-    cache.advance(seqs[i], int64_t(feed[i].size()));
-    auto& known = cache.tokens(seqs[i]);
-    known.insert(known.end(), feed[i].begin(), feed[i].end());
-  }
-  std::vector<int64_t> rows;
-  if (opt.last_logits_only) {
-    for (size_t i = 0; i < seqs.size(); ++i) rows.push_back(in.cu[i + 1] - 1);
-  } else {
-    rows = wanted;
-  }
   if (int64_t(rows.size()) != n && on_device) {  // one gather, not a copy per row
     Tensor idx = Tensor::empty({int64_t(rows.size())}, DType::i32);
     for (size_t r = 0; r < rows.size(); ++r) idx.i32()[r] = int32_t(rows[r]);
@@ -616,9 +648,170 @@ Tensor Model::forward_cached(LatentKvCache& cache, const std::vector<int64_t>& s
   int64_t m = x.size(0);
   Tensor xf = be.empty({m, d}), rf = be.empty({m});
   be.rmsnorm_forward(x, norm_, eps, xf, rf);
-  Tensor logits = be.empty({m, c.vocab_size});
+  if (!logits.defined()) logits = be.empty({m, c.vocab_size});
   be.matmul(xf, false, head_, true, logits);
-  return opt.device_logits ? logits : be.to_host(logits);
+}
+
+// ---------------------------------------------------------------- decode steps as graphs
+//
+// The host launches a decode step's ~40 ops per layer one by one, which at small batches takes
+// longer than the GPU needs for them. A step is instead recorded once (Backend::record) for a key
+// -- rows padded up, the longest sequence rounded up, the cache's pools -- and replayed with one
+// launch: the step's inputs (ids, positions, cache slots, block table, key counts) go into the
+// recording's input tensor, its logits come out in the recording's logits tensor. Padding rows
+// repeat row 0 but write no latent (slot -1); the block table is as wide as the rounded length
+// needs, and the attention kernels split their work for the rounded length (each row still
+// attends to its own keys only). A key is recorded the second time it is seen, so that the first
+// ordinary step has made what the recording must not (the weights' bf16 copies, cuBLAS's plans).
+
+namespace {
+
+// Rows a decode step is recorded for: powers of two up to 32, then multiples of 32.
+int64_t graph_rows(int64_t n) {
+  if (n > 32) return (n + 31) / 32 * 32;
+  int64_t r = 1;
+  while (r < n) r *= 2;
+  return r;
+}
+
+// The length the attention's work is split for: a power of two, at least 256.
+int64_t graph_len(int64_t len) {
+  int64_t r = 256;
+  while (r < len) r *= 2;
+  return r;
+}
+
+constexpr size_t kMaxDecodeGraphs = 8;
+
+}  // namespace
+
+struct Model::DecodeGraph {
+  int64_t rows = 0, max_len = 0, width = 0;
+  std::vector<const void*> pools;  // the cache pools (per layer) it reads and writes
+  std::string why;                 // set when it cannot be recorded: the key runs op by op
+  std::unique_ptr<OpGraph> graph;  // null until recorded (the key's first step runs op by op)
+  Tensor inputs;                   // i32 [5 rows + rows * width]: ids, positions, slots, row's
+                                   // sequence, key counts, block table
+  Tensor logits;                   // [rows, vocab]
+  // The weights as recorded: a recording reads their memory and their bf16 copies directly.
+  struct Stamp {
+    const Storage* storage;
+    const void* data;
+    const void* derived;
+  };
+  std::vector<Stamp> weights;
+  uint64_t used = 0;
+};
+
+void Model::set_decode_graphs(bool on) {
+  decode_graphs_on_ = on;
+  if (!on) decode_graphs_.clear();
+}
+
+Tensor Model::decode_graph_step(LatentKvCache& cache, const std::vector<int64_t>& seqs,
+                                const CachedInputs& in, const Tensor& ids, int64_t max_pos) {
+  Backend& be = *be_;
+  const int64_t n = int64_t(seqs.size()), rows = graph_rows(n), max_len = graph_len(max_pos),
+                pt = cache.page_tokens(), width = (max_len + pt - 1) / pt;
+  for (int64_t s : seqs)
+    if (int64_t(cache.pages(s).size()) > width) return Tensor();
+  std::vector<const void*> pools;
+  for (size_t l = 0; l < layers_.size(); ++l) {
+    Tensor p = cache.latent_pool(int64_t(l));
+    pools.push_back(static_cast<const char*>(p.storage()->data) + p.offset() * sizeof(float));
+  }
+  DecodeGraph* g = nullptr;
+  for (auto& e : decode_graphs_)
+    if (e->rows == rows && e->max_len == max_len && e->pools == pools) g = e.get();
+  if (g && g->graph) {
+    bool current = true;
+    for (const auto& w : g->weights) {
+      const Storage& st = *w.storage;
+      current = current && st.data == w.data && st.derived.get() == w.derived &&
+                (!st.derived || st.derived_version == st.version.load());
+    }
+    // A recording reads the weights' memory and their bf16 copies directly: when either moved, or
+    // a write bypassed the optimizer's update (which refreshes the copies) and left a copy stale,
+    // every recording is dropped; an ordinary step refreshes the copies, the next records again.
+    if (!current) {
+      for (auto& e : decode_graphs_) e->graph.reset(), e->inputs = Tensor(), e->logits = Tensor();
+      return Tensor();
+    }
+  }
+  if (!g) {  // first sighting: an ordinary step
+    if (decode_graphs_.size() >= kMaxDecodeGraphs) {
+      auto lru = std::min_element(decode_graphs_.begin(), decode_graphs_.end(),
+                                  [](const auto& a, const auto& b) { return a->used < b->used; });
+      decode_graphs_.erase(lru);
+    }
+    auto e = std::make_unique<DecodeGraph>();
+    e->rows = rows, e->max_len = max_len, e->width = width, e->pools = pools;
+    e->used = ++decode_graph_clock_;
+    decode_graphs_.push_back(std::move(e));
+    return Tensor();
+  }
+  g->used = ++decode_graph_clock_;
+  if (!g->why.empty()) return Tensor();
+
+  // The step's inputs, padded: rows past n repeat row 0 and write no latent.
+  Tensor packed = Tensor::empty({5 * rows + rows * width}, DType::i32);
+  int32_t* pk = packed.i32();
+  std::fill_n(pk + 5 * rows, rows * width, -1);
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t i = r < n ? r : 0;
+    const int32_t p = in.positions.i32()[i];
+    const std::vector<int32_t>& pages = cache.pages(seqs[size_t(i)]);
+    pk[r] = ids.i32()[i];
+    pk[rows + r] = p;
+    pk[2 * rows + r] = r < n ? int32_t(int64_t(pages[size_t(p / pt)]) * pt + p % pt) : -1;
+    pk[3 * rows + r] = int32_t(i);
+    pk[4 * rows + r] = p + 1;
+    if (r < n) std::copy(pages.begin(), pages.end(), pk + 5 * rows + r * width);
+  }
+  if (!g->graph) {
+    g->inputs = be.empty({5 * rows + rows * width}, DType::i32);
+    g->logits = be.empty({rows, config_.vocab_size});
+    be.copy(packed, g->inputs);
+    CachedInputs gin;
+    gin.positions = g->inputs.slice(0, rows, 2 * rows);
+    gin.cos_sin = in.cos_sin;
+    gin.slots = g->inputs.slice(0, 2 * rows, 3 * rows);
+    gin.row_seq = g->inputs.slice(0, 3 * rows, 4 * rows);
+    gin.row_len = g->inputs.slice(0, 4 * rows, 5 * rows);
+    gin.block_table = g->inputs.slice(0, 5 * rows, 5 * rows + rows * width).view({rows, width});
+    gin.max_len = max_len;
+    std::vector<int64_t> all(static_cast<size_t>(rows));
+    for (int64_t r = 0; r < rows; ++r) {
+      all[size_t(r)] = r;
+      gin.cu.push_back(r);
+      gin.seq.push_back(seqs[size_t(r < n ? r : 0)]);
+    }
+    gin.cu.push_back(rows);
+    gin.mha.assign(size_t(rows), 0);
+    gin.dsa_len.assign(size_t(rows), 0);
+    const Tensor gids = g->inputs.slice(0, 0, rows);
+    CachedForwardOptions plain;
+    std::string why;
+    g->graph = be.record([&] { cached_layers(gids, gin, cache, all, all, plain, g->logits); }, why);
+    if (!g->graph) {
+      g->why = why;
+      decode_graph_stats_.refused = why;
+      g->inputs = Tensor(), g->logits = Tensor();
+      log::warn("decode steps of {} rows run op by op (not as a recorded graph): {}", rows, why);
+      return Tensor();
+    }
+    ++decode_graph_stats_.recorded;
+    g->weights.clear();
+    for (const Param& p : params_) {
+      const Storage* st = p.value.storage();
+      g->weights.push_back({st, st->data, st->derived.get()});
+    }
+  } else {
+    be.copy(packed, g->inputs);
+  }
+  g->graph->replay();
+  ++decode_graph_stats_.replayed;
+  return g->logits.slice(0, 0, n);
 }
 
 void Model::update_router_bias(double gamma) {

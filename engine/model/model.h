@@ -130,6 +130,20 @@ class Model {
   Tensor forward_cached(LatentKvCache& cache, const std::vector<int64_t>& seqs,
                         const std::vector<std::vector<int32_t>>& tokens,
                         const CachedForwardOptions& options = {});
+  // Decode steps as recorded graphs. On a backend that records op sequences (CUDA), a
+  // forward_cached decode step (one new token per sequence, none of them a prompt row, no routing
+  // or DSA outputs) replays a recording of the layers instead of launching each op from the host:
+  // recorded once per (padded batch, length bucket, cache) after one ordinary step with that key
+  // (docs/ENGINE.md, "Decode steps as CUDA graphs"). Device logits it returns are then valid until
+  // the next forward_cached call. On by default; SHOAL_CUDA_GRAPHS=0 in the environment turns it
+  // off for the process, this for the model (false also drops the recordings).
+  void set_decode_graphs(bool on);
+  bool decode_graphs() const { return decode_graphs_on_; }
+  struct DecodeGraphStats {
+    int64_t recorded = 0, replayed = 0;
+    std::string refused;  // why the last key that could not be recorded runs op by op
+  };
+  const DecodeGraphStats& decode_graph_stats() const { return decode_graph_stats_; }
   // Auxiliary-loss-free balancing: router bias += gamma * sign(mean load - load) per MoE layer.
   void update_router_bias(double gamma);
 
@@ -137,6 +151,15 @@ class Model {
   struct Layer;
   struct Saved;
   const Tensor& rope_table(int64_t positions);
+  // forward_cached's device work after the host bookkeeping: layers, final norm and vocab
+  // projection of `rows` (rows of the forward's n) into logits (allocated when undefined).
+  void cached_layers(const Tensor& ids, CachedInputs& in, LatentKvCache& cache,
+                     const std::vector<int64_t>& rows, const std::vector<int64_t>& wanted,
+                     const CachedForwardOptions& opt, Tensor& logits);
+  // A decode step through a recorded graph; an undefined tensor when this step runs eagerly.
+  struct DecodeGraph;
+  Tensor decode_graph_step(LatentKvCache& cache, const std::vector<int64_t>& seqs,
+                           const CachedInputs& in, const Tensor& ids, int64_t max_pos);
 
   ModelConfig config_;
   Backend* be_;
@@ -145,6 +168,10 @@ class Model {
   std::vector<std::unique_ptr<Layer>> layers_;
   Tensor rope_table_;
   std::unique_ptr<Saved> saved_;
+  std::vector<std::unique_ptr<DecodeGraph>> decode_graphs_;  // least recently used first
+  uint64_t decode_graph_clock_ = 0;
+  bool decode_graphs_on_;
+  DecodeGraphStats decode_graph_stats_;
 };
 
 }  // namespace shoal

@@ -1,6 +1,9 @@
-// MoE kernels (moe.h). The router walks one token per thread: group scores (sum of the two best
-// bias-shifted scores), the best groups, then the best experts by repeated selection in the total
-// order (score desc, index asc) that the CPU's partial_sort with its comparator produces. The
+// MoE kernels (moe.h). The router takes one token per warp (up to kRouteWarpMaxExperts experts;
+// one per thread above): group scores (sum of the two best bias-shifted scores, a lane per group),
+// the best groups, then the best experts by repeated selection in the total order (score desc,
+// index asc) that the CPU's partial_sort with its comparator produces, each selection a warp
+// reduction over the lanes' candidates; the weights are summed by one lane in selection order,
+// so the result is the one-thread version's bit for bit. The
 // sort is a counting sort: per-chunk histograms, per-expert bases (and the experts' offsets for the
 // grouped GEMM), then a stable in-chunk rank.
 #include <cuda_runtime.h>
@@ -23,6 +26,111 @@ __device__ __forceinline__ bool ranks_before(float av, int64_t ai, float bv, int
   return av > bv || (av == bv && ai < bi);
 }
 
+constexpr int kRouteWarps = 4;                     // tokens per block of the warp router
+constexpr int64_t kRouteWarpMaxExperts = 32 * 32;  // a 32-bit taken mask per lane
+
+// (v, i) of the two that ranks first; i < 0 is no candidate.
+__device__ __forceinline__ void rank_max(float& v, int& i) {
+#pragma unroll
+  for (int o = kWarpSize / 2; o > 0; o /= 2) {
+    const float ov = __shfl_xor_sync(0xffffffffu, v, o);
+    const int oi = __shfl_xor_sync(0xffffffffu, i, o);
+    if (oi >= 0 && (i < 0 || ranks_before(ov, oi, v, i))) v = ov, i = oi;
+  }
+}
+
+// The weights of the chosen experts (one lane): normalised in selection order in f64, as the
+// one-thread kernel and the CPU do.
+__device__ void route_weights(const RouterKernelParams& p, int64_t t, const int32_t* idx,
+                              float* w) {
+  const int64_t e = p.experts, kk = p.top_k;
+  double sum = 0;
+  bool ok = true;
+  for (int64_t k = 0; k < kk; ++k) {
+    const int32_t id = idx[k];
+    if (id < 0 || id >= e) {
+      report_fault(p.status, p.op, KernelFault::index_out_of_range, t * kk + k, id, 0, e);
+      ok = false;
+      continue;
+    }
+    w[k] = sigmoid_ref(p.logits[t * e + id]);
+    sum += w[k];
+  }
+  if (!ok) {
+    for (int64_t k = 0; k < kk; ++k) w[k] = 0.0f;
+    return;
+  }
+  const float norm = p.norm_topk_prob ? float(1.0 / (sum + 1e-20)) : 1.0f;
+  for (int64_t k = 0; k < kk; ++k) w[k] = w[k] * norm * p.routed_scaling_factor;
+}
+
+__global__ void __launch_bounds__(kRouteWarps* kWarpSize) route_warp_kernel(RouterKernelParams p) {
+  extern __shared__ float route_smem[];  // per warp: the token's bias-shifted scores
+  const int warp = int(threadIdx.x) / kWarpSize, lane = int(threadIdx.x) % kWarpSize;
+  const int64_t t = int64_t(blockIdx.x) * kRouteWarps + warp;
+  if (t >= p.n) return;  // the whole warp
+  const int64_t e = p.experts, kk = p.top_k, gsize = e / p.n_group;
+  float* c = route_smem + warp * e;
+  const float* lg = p.logits + t * e;
+  float* s = p.scores + t * e;
+  for (int64_t i = lane; i < e; i += kWarpSize) {
+    const float v = sigmoid_ref(lg[i]);
+    s[i] = v;
+    c[i] = v + p.bias[i];
+  }
+  __syncwarp();
+  int32_t* idx = p.topk_idx + t * kk;
+  float* w = p.topk_w + t * kk;
+  if (!p.use_given_idx) {
+    float gscore[2] = {-INFINITY, -INFINITY};  // groups lane and lane + 32
+    for (int h = 0; h < 2; ++h) {
+      const int64_t g = lane + h * kWarpSize;
+      if (g >= p.n_group) continue;
+      float b1 = -INFINITY, b2 = -INFINITY;
+      for (int64_t i = g * gsize; i < (g + 1) * gsize; ++i) {
+        const float v = c[i];
+        if (v > b1) {
+          b2 = b1;
+          b1 = v;
+        } else if (v > b2) {
+          b2 = v;
+        }
+      }
+      gscore[h] = b1 + b2;
+    }
+    uint64_t keep = 0;
+    for (int64_t r = 0; r < p.topk_group; ++r) {
+      float bv = 0.0f;
+      int bi = -1;
+      for (int h = 0; h < 2; ++h) {
+        const int g = lane + h * kWarpSize;
+        if (g < p.n_group && !((keep >> g) & 1u) && (bi < 0 || ranks_before(gscore[h], g, bv, bi)))
+          bv = gscore[h], bi = g;
+      }
+      rank_max(bv, bi);
+      keep |= uint64_t(1) << bi;
+    }
+    // Experts of dropped groups compete with 0.0 (transformers' masked_fill).
+    for (int64_t i = lane; i < e; i += kWarpSize)
+      if (!((keep >> (i / gsize)) & 1u)) c[i] = 0.0f;
+    __syncwarp();
+    uint32_t taken = 0;  // bit j: expert lane + 32 j
+    for (int64_t k = 0; k < kk; ++k) {
+      float bv = 0.0f;
+      int bi = -1;
+      for (int64_t i = lane, j = 0; i < e; i += kWarpSize, ++j)
+        if (!((taken >> j) & 1u) && (bi < 0 || ranks_before(c[i], int(i), bv, bi)))
+          bv = c[i], bi = int(i);
+      rank_max(bv, bi);
+      if (bi % kWarpSize == lane) taken |= 1u << (bi / kWarpSize);
+      if (lane == 0) idx[k] = bi;
+    }
+  }
+  __syncwarp();
+  if (lane == 0) route_weights(p, t, idx, w);
+}
+
+// One token per thread: for more experts than the warp kernel's lanes can mark.
 __global__ void route_kernel(RouterKernelParams p) {
   const int64_t t = blockIdx.x * int64_t(blockDim.x) + threadIdx.x;
   if (t >= p.n) return;
@@ -200,7 +308,19 @@ int route_noaux_tc_cuda(const RouterKernelParams& p, void* stream) {
       p.experts % p.n_group != 0 || p.topk_group < 1 || p.topk_group > p.n_group || p.top_k < 1 ||
       !p.logits || !p.bias || !p.scores || !p.topk_idx || !p.topk_w)
     return int(cudaErrorInvalidValue);
-  route_kernel<<<grid_for(p.n, 128), 128, 0, static_cast<cudaStream_t>(stream)>>>(p);
+  auto st = static_cast<cudaStream_t>(stream);
+  if (p.experts <= kRouteWarpMaxExperts && p.top_k <= p.experts) {
+    const size_t smem = size_t(kRouteWarps) * size_t(p.experts) * sizeof(float);
+    if (smem > 48 * 1024) {
+      const cudaError_t e = cudaFuncSetAttribute(
+          route_warp_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+      if (e != cudaSuccess) return int(e);
+    }
+    const int64_t blocks = (p.n + kRouteWarps - 1) / kRouteWarps;
+    route_warp_kernel<<<unsigned(blocks), kRouteWarps * kWarpSize, smem, st>>>(p);
+  } else {
+    route_kernel<<<grid_for(p.n, 128), 128, 0, st>>>(p);
+  }
   return int(cudaGetLastError());
 }
 

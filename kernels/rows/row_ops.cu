@@ -74,6 +74,7 @@ __global__ void scale_rows_kernel(RowOpParams p) {
 __global__ void scatter_rows_kernel(RowOpParams p) {
   for (int64_t i = blockIdx.x; i < p.n_idx; i += gridDim.x) {
     const int64_t v = p.idx[i];
+    if (v == -1) continue;  // a row not written (a padding row of a recorded decode step)
     if (v < 0 || v >= p.dst_rows) {
       if (threadIdx.x == 0)
         report_fault(p.status, p.op, KernelFault::index_out_of_range, i, v, 0, p.dst_rows);

@@ -34,7 +34,7 @@ int scatter_add_rows_cuda(const RowOpParams& p, void* stream);
 int row_dot_scatter_cuda(const RowOpParams& p, float* out, int64_t out_count, void* stream);
 // dst[i] *= w[idx[i]] for i < n_idx.
 int scale_rows_cuda(const RowOpParams& p, void* stream);
-// dst[idx[i]] = src[i] for i < n_idx (indices distinct; dst_rows bounds them).
+// dst[idx[i]] = src[i] for i < n_idx (indices distinct; dst_rows bounds them; -1: not written).
 int scatter_rows_cuda(const RowOpParams& p, void* stream);
 
 }  // namespace shoal::kernels

@@ -1015,9 +1015,14 @@ TEST_F(BackendOps, RouterForwardBackward) {
     int64_t n, e, k, groups, topk_groups;
     bool norm;
     float rsf;
+    bool ties = false;  // logits and bias on a grid of 0.5: many equal scores
   };
+  // The warp kernel (up to 1,024 experts; groups on lanes g and g + 32) and the one-thread kernel
+  // (2,048 experts); exact ties, broken by the lower index on both backends.
   for (Case c : {Case{1, 4, 1, 1, 1, true, 1.0f}, Case{37, 16, 4, 4, 2, true, 2.5f},
-                 Case{64, 256, 8, 8, 4, true, 2.5f}, Case{20, 64, 6, 1, 1, false, 1.0f}})
+                 Case{64, 256, 8, 8, 4, true, 2.5f}, Case{20, 64, 6, 1, 1, false, 1.0f},
+                 Case{9, 128, 8, 64, 16, true, 2.5f}, Case{5, 2048, 8, 64, 8, true, 2.5f},
+                 Case{33, 64, 6, 8, 4, true, 2.5f, true}, Case{3, 1024, 32, 16, 3, true, 1.0f}})
     for (int replay = 0; replay < 2; ++replay) {
       RouterParams rp;
       rp.n_experts = c.e;
@@ -1026,7 +1031,12 @@ TEST_F(BackendOps, RouterForwardBackward) {
       rp.topk_group = c.topk_groups;
       rp.norm_topk_prob = c.norm;
       rp.routed_scaling_factor = c.rsf;
-      Pair logits = rand({c.n, c.e}, -4.0f, 4.0f), bias = rand({c.e}, -0.5f, 0.5f);
+      Tensor hl = rand({c.n, c.e}, -4.0f, 4.0f).h, hb = rand({c.e}, -0.5f, 0.5f).h;
+      if (c.ties) {
+        for (int64_t i = 0; i < hl.numel(); ++i) hl.f32()[i] = std::round(2 * hl.f32()[i]) / 2;
+        for (int64_t i = 0; i < hb.numel(); ++i) hb.f32()[i] = 0.0f;
+      }
+      Pair logits = mirror(hl), bias = mirror(hb);
       Pair scores = rand({c.n, c.e}), w = rand({c.n, c.k});
       Tensor hidx = Tensor::empty({c.n, c.k}, DType::i32);
       if (replay)  // forced routing: any valid ids, repeats allowed
@@ -1056,6 +1066,15 @@ TEST_F(BackendOps, RouterForwardBackward) {
   perf_bytes("route_noaux_tc", "N=16384 E=256 K=8 groups 4/8",
              time_us([&] { gpu().route_noaux_tc(logits.d, bias.d, rp, scores, idx, w); }),
              8.0 * 16384 * 256);
+  rp.n_experts = 64;  // moe-2b's router at decode batches
+  rp.top_k = 6;
+  for (int64_t n : {1, 256}) {
+    Pair l = rand({n, 64}), b = rand({64});
+    Tensor sc = gpu().empty({n, 64}), wi = gpu().empty({n, 6}),
+           ii = gpu().empty({n, 6}, DType::i32);
+    perf_bytes("route_noaux_tc", fmt::format("N={} E=64 K=6 groups 4/8", n),
+               time_us([&] { gpu().route_noaux_tc(l.d, b.d, rp, sc, ii, wi); }), 8.0 * n * 64);
+  }
 }
 
 TEST_F(BackendOps, MoePermutation) {

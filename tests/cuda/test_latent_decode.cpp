@@ -116,6 +116,12 @@ TEST_F(LatentDecode, ScatterRowsWritesThePoolRows) {
   cpu().scatter_rows(wide.h.slice(1, 2, 26), idx.h.slice(0, 0, 3), ref2);
   gpu().scatter_rows(wide.d.slice(1, 2, 26), idx.h.slice(0, 0, 3), pool.d);
   check("scatter_rows", "strided source, host indices", ref2, pool.d, 0.0, 0.0);
+  // Index -1 leaves its row unwritten (the padding rows of a recorded decode step).
+  Pair skip = ints({-1, 3, -1, 38, -1}, {5});
+  Tensor ref3 = ref2.contiguous();
+  cpu().scatter_rows(src.h, skip.h, ref3);
+  gpu().scatter_rows(src.d, skip.d, pool.d);
+  check("scatter_rows", "-1 rows skipped", ref3, pool.d, 0.0, 0.0);
 }
 
 TEST_F(LatentDecode, AttentionMatchesTheCpuReference) {
@@ -286,6 +292,134 @@ TEST_P(CachedCuda, GreedyGenerateGivesTheGoldenContinuations) {
   }
   std::printf("[ cached cuda ] %-14s greedy generate(): %zu prompts x %zu tokens as golden\n",
               name.c_str(), cases.size(), want_len);
+}
+
+// Decode steps replayed from recorded graphs (Model::set_decode_graphs) against the same steps op
+// by op, with bf16 GEMMs (the mode whose MoE experts keep their groups on the device; f32 mode is
+// below): three sequences (rows padded to 4 in the recording), then two after one finishes (a
+// new key, recorded exactly). The two paths multiply the same bf16 operands; only the GEMMs' row
+// counts and the attention's work split differ, so they may differ in f32 summation order (and
+// in bf16 roundings that order flips): checked at 1e-3 relative, 30x under the bf16 golden
+// tolerance (2^-5), with the same greedy tokens.
+TEST_P(CachedCuda, DecodeStepsReplayedAsGraphsMatchOpByOp) {
+  const std::string name = GetParam(), dir = data_dir() + "/" + name;
+  auto bf16 = make_cuda_backend(0, CudaBackendOptions{CudaGemm::bf16});
+  auto mg = Model::from_pretrained(dir, *bf16);
+  auto me = Model::from_pretrained(dir, *bf16);
+  mg->set_decode_graphs(true);
+  me->set_decode_graphs(false);
+  auto cases = golden_cases(name);
+  LatentKvCache cg(mg->config(), {4, 96}, bf16.get()), ce(me->config(), {4, 96}, bf16.get());
+  std::vector<std::vector<int32_t>> feed = {cases[0].prompt, cases[1].prompt, cases[0].prompt};
+  std::vector<int64_t> sg, se;
+  for (size_t i = 0; i < feed.size(); ++i)
+    sg.push_back(cg.add_sequence()), se.push_back(ce.add_sequence());
+  CachedForwardOptions last;
+  last.last_logits_only = true;
+  Tensor lg = mg->forward_cached(cg, sg, feed, last), le = me->forward_cached(ce, se, feed, last);
+  const int64_t v = le.size(1);
+  auto argmax_row = [&](const Tensor& t, int64_t r) {
+    const float* p = t.f32() + r * v;
+    return int32_t(std::max_element(p, p + v) - p);
+  };
+  std::vector<int32_t> next;
+  for (int64_t r = 0; r < le.size(0); ++r) next.push_back(argmax_row(le, r));
+  double worst = 0;
+  for (int step = 0; step < 16; ++step) {
+    if (step == 8) {  // the third sequence finishes: two rows from here on
+      cg.release(sg.back()), ce.release(se.back());
+      sg.pop_back(), se.pop_back(), next.pop_back();
+    }
+    std::vector<std::vector<int32_t>> toks;
+    for (int32_t t : next) toks.push_back({t});
+    lg = mg->forward_cached(cg, sg, toks, last);
+    le = me->forward_cached(ce, se, toks, last);
+    ASSERT_EQ(lg.shape(), le.shape());
+    const double e = rel_err(lg, le);
+    worst = std::max(worst, e);
+    EXPECT_LT(e, 1e-3) << name << " decode step " << step;
+    for (size_t r = 0; r < next.size(); ++r) {
+      next[r] = argmax_row(le, int64_t(r));
+      EXPECT_EQ(argmax_row(lg, int64_t(r)), next[r]) << name << " step " << step << " row " << r;
+    }
+  }
+  for (size_t r = 0; r < sg.size(); ++r) EXPECT_EQ(cg.length(sg[r]), ce.length(se[r]));
+  // Per key: one step op by op, then recorded and replayed (8 steps with 3 rows, 8 with 2).
+  const auto& st = mg->decode_graph_stats();
+  EXPECT_EQ(st.recorded, 2) << st.refused;
+  EXPECT_EQ(st.replayed, 14) << st.refused;
+  EXPECT_EQ(me->decode_graph_stats().replayed, 0);
+  std::printf(
+      "[ cached cuda ] %-14s 16 decode steps replayed from %lld graphs (%lld replays) vs op by "
+      "op (bf16 GEMMs): worst logits rel err %.3g (tol 1e-3)\n",
+      name.c_str(), (long long)st.recorded, (long long)st.replayed, worst);
+}
+
+// In f32 GEMM mode the MoE experts' device-offset GEMM falls back to the reference, which reads
+// the offsets on the host: a decode step cannot be recorded, says why once, and runs op by op with
+// the results of a model that never records.
+TEST_P(CachedCuda, UnrecordableDecodeStepsRunOpByOp) {
+  const std::string name = GetParam(), dir = data_dir() + "/" + name;
+  auto mg = Model::from_pretrained(dir, *gpu_);
+  auto me = Model::from_pretrained(dir, *gpu_);
+  me->set_decode_graphs(false);
+  auto cases = golden_cases(name);
+  LatentKvCache cg(mg->config(), {4, 64}, gpu_.get()), ce(me->config(), {4, 64}, gpu_.get());
+  std::vector<int64_t> sg = {cg.add_sequence()}, se = {ce.add_sequence()};
+  CachedForwardOptions last;
+  last.last_logits_only = true;
+  mg->forward_cached(cg, sg, {cases[0].prompt}, last);
+  me->forward_cached(ce, se, {cases[0].prompt}, last);
+  for (int step = 0; step < 4; ++step) {
+    Tensor lg = mg->forward_cached(cg, sg, {{int32_t(5 + step)}}, last);
+    Tensor le = me->forward_cached(ce, se, {{int32_t(5 + step)}}, last);
+    EXPECT_EQ(rel_err(lg, le), 0.0) << name << " step " << step;
+  }
+  const auto& st = mg->decode_graph_stats();
+  EXPECT_EQ(st.recorded, 0);
+  EXPECT_EQ(st.replayed, 0);
+  EXPECT_NE(st.refused.find("capturing"), std::string::npos) << st.refused;
+}
+
+// With bf16 GEMMs a recording reads the weights' bf16 copies directly, so a write to a weight
+// that the optimizer did not make (here: scaling the vocab projection) must not leave a replay on
+// the stale copy: the model drops its recordings, runs a step op by op (rebuilding the copy) and
+// records again. Compared with a model that never records, given the same write.
+TEST_P(CachedCuda, RecordedDecodeStepsSeeWeightWrites) {
+  const std::string name = GetParam(), dir = data_dir() + "/" + name;
+  auto bf16 = make_cuda_backend(0, CudaBackendOptions{CudaGemm::bf16});
+  auto mg = Model::from_pretrained(dir, *bf16);
+  auto me = Model::from_pretrained(dir, *bf16);
+  mg->set_decode_graphs(true);
+  me->set_decode_graphs(false);
+  auto cases = golden_cases(name);
+  LatentKvCache cg(mg->config(), {4, 64}, bf16.get()), ce(me->config(), {4, 64}, bf16.get());
+  std::vector<int64_t> sg = {cg.add_sequence(), cg.add_sequence()};
+  std::vector<int64_t> se = {ce.add_sequence(), ce.add_sequence()};
+  std::vector<std::vector<int32_t>> feed = {cases[0].prompt, cases[1].prompt};
+  CachedForwardOptions last;
+  last.last_logits_only = true;
+  mg->forward_cached(cg, sg, feed, last);
+  me->forward_cached(ce, se, feed, last);
+  // Logits of bf16 operands: the two paths differ in accumulation order and in bf16 roundings
+  // that order flips, well inside the golden bf16 tolerance (2^-5, test_golden_cuda.cpp).
+  const double tol = 1.0 / 32;
+  double worst = 0;
+  for (int step = 0; step < 8; ++step) {
+    if (step == 4)
+      for (Model* m : {mg.get(), me.get()})
+        bf16->scale(m->params().get("lm_head.weight").value, 2.0f);
+    std::vector<std::vector<int32_t>> toks = {{int32_t(7 + step)}, {int32_t(11 + step)}};
+    Tensor lg = mg->forward_cached(cg, sg, toks, last), le = me->forward_cached(ce, se, toks, last);
+    const double e = rel_err(lg, le);
+    worst = std::max(worst, e);
+    EXPECT_LT(e, tol) << name << " step " << step;
+  }
+  // Recorded at step 1, dropped at step 4 (op by op), recorded again at step 5.
+  EXPECT_EQ(mg->decode_graph_stats().recorded, 2) << mg->decode_graph_stats().refused;
+  EXPECT_EQ(mg->decode_graph_stats().replayed, 6);
+  std::printf("[ cached cuda ] %-14s bf16, weight written between replays: worst rel err %.3g\n",
+              name.c_str(), worst);
 }
 
 INSTANTIATE_TEST_SUITE_P(Golden, CachedCuda, ::testing::Values("tiny_v3", "tiny_v3_yarn"));
