@@ -119,6 +119,26 @@ void kernel_bandwidth(const ModelConfig& cfg, Backend& be, nlohmann::json& j) {
   }
 }
 
+// The ops timed since be.reset(), per call of the profiled thing (`per` of them).
+void print_profile(bench::CudaTimingBackend& be, double per) {
+  double op_total = 0;
+  for (auto& [name, st] : be.ops) op_total += st.sec;
+  std::printf("%-20s %10s %7s %8s %10s   (ops %.2f ms)\n", "op", "ms", "share", "calls", "TFLOP/s",
+              op_total / per * 1e3);
+  for (auto& [name, st] : be.sorted_ops())
+    std::printf("%-20s %10.3f %6.1f%% %8lld %10.2f\n", name.c_str(), st.sec / per * 1e3,
+                100.0 * st.sec / op_total, (long long)(double(st.calls) / per),
+                st.flops > 0 ? st.flops / st.sec * 1e-12 : 0.0);
+  int shown = 0;
+  for (auto& [k, st] : be.sorted_gemms()) {
+    if (shown++ >= 12) break;
+    std::printf("  matmul %6lld x %6lld x %6lld %s%s %8.3f ms %6lld calls %8.2f TFLOP/s\n",
+                (long long)k.m, (long long)k.n, (long long)k.k, k.ta ? "T" : "N", k.tb ? "T" : "N",
+                st.sec / per * 1e3, (long long)(double(st.calls) / per), st.flops / st.sec * 1e-12);
+  }
+  std::printf("\n");
+}
+
 void decode(const Options& o, const ModelConfig& cfg, bench::CudaTimingBackend& be, Model& model,
             nlohmann::json& j) {
   std::mt19937 rng(uint32_t(o.seed) + 11);
@@ -169,7 +189,22 @@ void decode(const Options& o, const ModelConfig& cfg, bench::CudaTimingBackend& 
     for (int64_t i = 0; i < b; ++i) seqs.push_back(cache.add_sequence());
     CachedForwardOptions last;
     last.last_logits_only = true;
-    Tensor logits = model.forward_cached(cache, seqs, prompts, last);
+    Tensor logits;
+    if (o.profile > 0) {  // the prompts' prefill through the cache, as generate() runs it
+      be.reset();
+      be.enabled = true;
+      t0 = Clock::now();
+      logits = model.forward_cached(cache, seqs, prompts, last);
+      const double prof = since(t0);
+      be.enabled = false;
+      std::printf(
+          "\nprofile: prefill of %lld x %lld tokens through the cache, every op "
+          "synchronised: %.2f ms\n",
+          (long long)b, (long long)o.prompt, prof * 1e3);
+      print_profile(be, 1.0);
+    } else {
+      logits = model.forward_cached(cache, seqs, prompts, last);
+    }
     for (int64_t s = 0; s < o.new_tokens / 2 - steps; ++s) {  // reach P + new/2 - steps tokens
       std::vector<std::vector<int32_t>> t(static_cast<size_t>(b), {5});
       model.forward_cached(cache, seqs, t, last);
@@ -278,27 +313,11 @@ void decode(const Options& o, const ModelConfig& cfg, bench::CudaTimingBackend& 
       for (int64_t s = 0; s < o.profile; ++s) device_step();
       const double prof = since(t0) / double(o.profile);
       be.enabled = false;
-      double op_total = 0;
-      for (auto& [name, st] : be.ops) op_total += st.sec;
       std::printf(
-          "\nprofile batch %lld (%lld decode step(s), every op synchronised: %.2f ms per step, ops "
-          "%.2f ms)\n%-20s %10s %7s %8s %10s\n",
-          (long long)b, (long long)o.profile, prof * 1e3, op_total / double(o.profile) * 1e3, "op",
-          "ms/step", "share", "calls", "TFLOP/s");
-      for (auto& [name, st] : be.sorted_ops())
-        std::printf("%-20s %10.3f %6.1f%% %8lld %10.2f\n", name.c_str(),
-                    st.sec / double(o.profile) * 1e3, 100.0 * st.sec / op_total,
-                    (long long)(st.calls / o.profile),
-                    st.flops > 0 ? st.flops / st.sec * 1e-12 : 0.0);
-      int shown = 0;
-      for (auto& [k, st] : be.sorted_gemms()) {
-        if (shown++ >= 12) break;
-        std::printf("  matmul %6lld x %6lld x %6lld %s%s %8.3f ms/step %6lld calls %8.2f TFLOP/s\n",
-                    (long long)k.m, (long long)k.n, (long long)k.k, k.ta ? "T" : "N",
-                    k.tb ? "T" : "N", st.sec / double(o.profile) * 1e3,
-                    (long long)(st.calls / o.profile), st.flops / st.sec * 1e-12);
-      }
-      std::printf("\n");
+          "\nprofile batch %lld (%lld decode step(s), every op synchronised: %.2f ms per "
+          "step)\n",
+          (long long)b, (long long)o.profile, prof * 1e3);
+      print_profile(be, double(o.profile));
       model.set_decode_graphs(true);
     }
   }

@@ -172,6 +172,22 @@ void Mla::forward_cached(Backend& be, const Tensor& x, const CachedInputs& in, L
     be.copy(k_pe.select(1, 0), lat_pe);
     Tensor pool = cache.latent_pool(layer);
     be.scatter_rows(lat, in.slots, pool);
+    if (in.fresh_chunks) {  // as Mla::forward: k = [k_nope (per head); k_pe (shared)], v
+      Tensor kvb = be.empty({n, h * (dn + dv)});
+      be.matmul(c_kv, false, w_.kv_b, true, kvb);
+      Tensor kv3 = kvb.view({n, h, dn + dv});
+      Tensor k = be.empty({n, h, dq});
+      Tensor k_nope = k.slice(2, 0, dn);
+      be.copy(kv3.slice(2, 0, dn), k_nope);
+      for (int64_t hh = 0; hh < h; ++hh) {
+        Tensor dst = k.select(1, hh).slice(1, dn, dq);
+        be.copy(k_pe.select(1, 0), dst);
+      }
+      Tensor lse = be.empty({h, n});
+      be.attention_forward(q3, k, kv3.slice(2, dn, dn + dv), in.cu, scale, attn, lse, nullptr);
+      be.matmul(attn.view({n, h * dv}), false, w_.o, true, y);
+      return;
+    }
     Tensor q_cat = absorb_q();
     Tensor o_lat = be.empty({n, h, rkv});
     be.latent_attention(q_cat, pool, cache.page_tokens(), in.block_table, in.row_seq, in.row_len,

@@ -61,6 +61,10 @@ struct CachedInputs {
   Tensor row_seq;       // [N] each row's chunk (its row of block_table)
   Tensor row_len;       // [N] each row's keys: positions 0 .. its own
   int64_t max_len = 0;  // >= every row_len
+  // Every chunk is a prompt's start (MHA mode, from position 0): a device backend then attends
+  // within the chunks in MHA mode (Backend::attention_forward over cu) instead of through the
+  // cache, which costs far fewer operations for long chunks (the CPU prefills in MHA mode too).
+  bool fresh_chunks = false;
 };
 
 class Mla {
@@ -74,8 +78,9 @@ class Mla {
   // MHA chunks decompress the cached latents through kv_b_proj and attend per head; absorbed
   // chunks (REFERENCE.md §1) fold W_UK into the query, attend over the latent with one KV head
   // shared by all heads and apply W_UV after. Both compute forward()'s function. On a device
-  // backend every chunk runs absorbed through Backend::latent_attention over the device cache
-  // (no DSA yet: V3.2 models decode on the CPU backend only).
+  // backend every chunk runs absorbed through Backend::latent_attention over the device cache,
+  // except a forward whose chunks all start prompts (CachedInputs::fresh_chunks), which attends
+  // within the chunks in MHA mode (no DSA yet: V3.2 models decode on the CPU backend only).
   void forward_cached(Backend& be, const Tensor& x, const CachedInputs& in, LatentKvCache& cache,
                       int64_t layer, Tensor& y);
   // dx = d/dx (overwritten); parameter gradients accumulate.

@@ -571,6 +571,9 @@ Tensor Model::forward_cached(LatentKvCache& cache, const std::vector<int64_t>& s
     in.row_len = dev.slice(0, 4 * n, 5 * n);
     in.block_table = dev.slice(0, 5 * n, 5 * n + chunks * np).view({chunks, np});
     in.max_len = max_pos;
+    in.fresh_chunks = true;
+    for (size_t i = 0; i < seqs.size(); ++i)
+      in.fresh_chunks = in.fresh_chunks && in.mha[i] && from[i] == 0;
   }
   std::vector<int64_t> rows;
   if (opt.last_logits_only) {
