@@ -6,7 +6,10 @@
 //
 //   bench_cuda_train --config moe-2b.json [--batch 4] [--seq 4096] [--steps 3] [--warmup 1]
 //                    [--gemm f32,bf16] [--attention f32,tf32,bf16] [--profile-steps 1] [--seed 0]
-//                    [--top 25] [--grouped loop,streams,batched]
+//                    [--top 25] [--grouped loop,streams,batched] [--device-groups 1,0]
+// --device-groups: 1 = in bf16 mode the MoE layers keep their group boundaries and load counts on
+// the device (CudaBackendOptions::device_grouped_gemms, the default); 0 = they read them back each
+// layer and the experts run as --grouped says. A comma list, like the others.
 // --gemm (CudaGemm) and --attention (CudaAttention: f32 tiled kernels, tf32 or bf16 on the tensor
 // cores) take comma lists; each combination runs in turn on a freshly initialised model. One line
 // "RESULT {json}" per combination on stdout (for bench/cuda_bench.sh). --grouped loop runs the MoE
@@ -55,6 +58,7 @@ struct Options {
   std::vector<std::string> gemms{"f32"};
   std::vector<std::string> attentions{"f32"};  // f32 tiled kernels; tf32, bf16: tensor cores
   std::vector<std::string> grouped{"loop"};    // CudaGrouped
+  std::vector<int> device_groups{1};
 };
 
 // Matmul parameters one token goes through (see the file comment).
@@ -106,12 +110,17 @@ double gemm_rate(Backend& be) {
   return 2.0 * double(n) * double(n) * double(n) / median(s);
 }
 
-nlohmann::json run(const Options& o, CudaGemm gemm, CudaAttention attention, CudaGrouped grouped) {
-  std::printf("\n=== gemm %s, attention %s, grouped %s: %s, batch %lld x %lld tokens ===\n",
-              cuda_gemm_name(gemm), cuda_attention_name(attention), cuda_grouped_name(grouped),
-              o.config.c_str(), (long long)o.batch, (long long)o.seq);
+nlohmann::json run(const Options& o, CudaGemm gemm, CudaAttention attention, CudaGrouped grouped,
+                   bool device_groups) {
+  std::printf(
+      "\n=== gemm %s, attention %s, grouped %s, device groups %d: %s, batch %lld x %lld tokens "
+      "===\n",
+      cuda_gemm_name(gemm), cuda_attention_name(attention), cuda_grouped_name(grouped),
+      int(device_groups), o.config.c_str(), (long long)o.batch, (long long)o.seq);
   ModelConfig cfg = ModelConfig::load(o.config);
-  auto inner = make_cuda_backend(0, CudaBackendOptions{gemm, false, attention, grouped});
+  CudaBackendOptions bo{gemm, false, attention, grouped};
+  bo.device_grouped_gemms = device_groups;
+  auto inner = make_cuda_backend(0, bo);
   bench::CudaTimingBackend be(*inner);
   const double ceiling = gemm_rate(be);
   std::printf("backend matmul 8192^3 (%s): %.1f TFLOP/s\n", cuda_gemm_name(gemm), ceiling * 1e-12);
@@ -177,6 +186,7 @@ nlohmann::json run(const Options& o, CudaGemm gemm, CudaAttention attention, Cud
   j["gemm"] = cuda_gemm_name(gemm);
   j["attention"] = cuda_attention_name(attention);
   j["grouped"] = cuda_grouped_name(grouped);
+  j["device_groups"] = device_groups && gemm == CudaGemm::bf16;
   j["batch"] = o.batch;
   j["seq"] = o.seq;
   j["params_B"] = double(params) * 1e-9;
@@ -278,6 +288,11 @@ int main_impl(int argc, char** argv) {
         o.grouped.push_back(s.substr(p, q - p));
         p = q + 1;
       }
+    } else if (a == "--device-groups") {
+      o.device_groups.clear();
+      std::string s = next();
+      for (char ch : s)
+        if (ch == '0' || ch == '1') o.device_groups.push_back(ch - '0');
     } else if (a == "--gemm") {
       o.gemms.clear();
       std::string s = next();
@@ -299,7 +314,8 @@ int main_impl(int argc, char** argv) {
   for (const std::string& g : o.gemms)
     for (const std::string& a : o.attentions)
       for (const std::string& m : o.grouped)
-        run(o, parse_cuda_gemm(g), parse_cuda_attention(a), parse_cuda_grouped(m));
+        for (int dg : o.device_groups)
+          run(o, parse_cuda_gemm(g), parse_cuda_attention(a), parse_cuda_grouped(m), dg != 0);
   return 0;
 }
 

@@ -51,7 +51,7 @@ train, dec = results("train"), results("decode")
 rows = []
 bt = base.get("train_tokens_per_s")
 for t in train:
-    rows.append((f"train step {t['batch']}x{t['seq']} ({t['gemm']} GEMMs, {t.get('attention', 'f32')} attention, {t.get('grouped', 'loop')} experts)", t["tokens_per_s"], bt,
+    rows.append((f"train step {t['batch']}x{t['seq']} ({t['gemm']} GEMMs, {t.get('attention', 'f32')} attention, {'device-offset' if t.get('device_groups') else t.get('grouped', 'loop')} experts)", t["tokens_per_s"], bt,
                  f"MFU {100*t['mfu']:.1f}%, step {t['step_s']:.3f} s, peak {t['peak_pool_GiB']:.1f} GiB"))
 for d in dec:
     for b in (1, 32, 256):

@@ -1,7 +1,7 @@
 // The Backend ops that have a reference written once for every backend (backend.h): the MoE
-// sort and expert GEMM with device-side group boundaries, expressed through moe_sort and
-// grouped_matmul with the boundaries read on the host. The CPU backend uses these as they are; a
-// device backend overrides them to skip the host round trip.
+// sort, the expert GEMMs (three layouts) and the load counts with device-side group boundaries,
+// expressed through moe_sort and grouped_matmul with the boundaries read on the host. The CPU
+// backend uses these as they are; a device backend overrides them to skip the host round trip.
 #include "engine/backend.h"
 
 #include <climits>
@@ -38,6 +38,36 @@ void Backend::grouped_matmul_dev(const Tensor& a, const Tensor& b, Tensor& c,
   const std::vector<int64_t> rows =
       backend_checks::group_offsets(to_host(offsets), a.size(0), "grouped_matmul_dev");
   grouped_matmul(a, false, b, true, c, rows);
+}
+
+void Backend::grouped_matmul_dev_nn(const Tensor& a, const Tensor& b, Tensor& c,
+                                    const Tensor& offsets) {
+  backend_checks::grouped_matmul_dev(a, b, c, offsets, device(), backend_checks::DevLayout::nn);
+  const std::vector<int64_t> rows =
+      backend_checks::group_offsets(to_host(offsets), a.size(0), "grouped_matmul_dev_nn");
+  grouped_matmul(a, false, b, false, c, rows);
+}
+
+void Backend::grouped_matmul_dev_tn(const Tensor& a, const Tensor& b, Tensor& c,
+                                    const Tensor& offsets, float alpha, float beta) {
+  backend_checks::grouped_matmul_dev(a, b, c, offsets, device(), backend_checks::DevLayout::tn);
+  const std::vector<int64_t> rows =
+      backend_checks::group_offsets(to_host(offsets), a.size(0), "grouped_matmul_dev_tn");
+  grouped_matmul(a, true, b, false, c, rows, alpha, beta);
+}
+
+void Backend::add_group_sizes(const Tensor& offsets, Tensor& counts) {
+  backend_checks::add_group_sizes(offsets, counts, device());
+  const Tensor o = to_host(offsets);
+  const int32_t* p = o.i32();
+  const int64_t groups = counts.numel();
+  SHOAL_CHECK(p[0] == 0, "add_group_sizes: offsets[0] is {}, expected 0", p[0]);
+  for (int64_t g = 0; g < groups; ++g)
+    SHOAL_CHECK(p[g + 1] >= p[g], "add_group_sizes: offsets decrease at group {} ({} then {})", g,
+                p[g], p[g + 1]);
+  Tensor h = to_host(counts);
+  for (int64_t g = 0; g < groups; ++g) h.i64()[g] += int64_t(p[g + 1]) - int64_t(p[g]);
+  copy(h, counts);
 }
 
 }  // namespace shoal

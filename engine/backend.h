@@ -70,6 +70,10 @@ class Backend {
   // Host memory that this device copies to and from fastest (page-locked for CUDA), for buffers
   // reused across calls; CPU tensors like any other.
   virtual Allocator& host_allocator() { return cpu_allocator(); }
+  // A device backend's memory: true with the bytes free and in total (false: no such limit known,
+  // the CPU). And what a parameter costs it in bytes (its f32 value and any kept copy).
+  virtual bool memory_info(size_t& free, size_t& total) const { return false; }
+  virtual size_t bytes_per_parameter() const { return sizeof(float); }
   Tensor empty(const Shape& shape, DType dtype = DType::f32) {
     return Tensor::empty(shape, dtype, allocator());
   }
@@ -244,6 +248,30 @@ class Backend {
   // synchronisation), in its f32 and tf32 modes the reference.
   virtual void grouped_matmul_dev(const Tensor& a, const Tensor& b, Tensor& c,
                                   const Tensor& offsets);
+  // The data-gradient layout (the MoE backward's dh_g = dy_g W_d,g and dx_g = dgu_g W_gu,g): for
+  // g < G, c[o_g .. o_{g+1}) = a[o_g .. o_{g+1}) @ b[g] with b [G, k, n] f32 (unit last stride);
+  // a [rows, k], c [rows, n] and the offsets as in grouped_matmul_dev; c is overwritten. It is
+  // grouped_matmul(a, false, b, false, c, counts); reference and device behaviour as there.
+  virtual void grouped_matmul_dev_nn(const Tensor& a, const Tensor& b, Tensor& c,
+                                     const Tensor& offsets);
+  // The weight-gradient layout (dW_d,g += dy_g^T h_g, dW_gu,g += dgu_g^T x_g: alpha = beta = 1):
+  // for g < G, c[g] = alpha a[o_g .. o_{g+1})^T @ b[o_g .. o_{g+1}) + beta c[g], with a [rows, n]
+  // and b [rows, k] f32 with unit last stride (row strides free), c [G, n, k] f32 with unit last
+  // stride, the offsets as in grouped_matmul_dev. A group without rows leaves beta c[g] (with
+  // beta 1, c[g] unchanged). It is grouped_matmul(a, true, b, false, c, counts, alpha, beta);
+  // reference and device behaviour as grouped_matmul_dev (the CUDA kernel reduces a group's rows
+  // in a fixed order: the result does not vary from call to call).
+  virtual void grouped_matmul_dev_tn(const Tensor& a, const Tensor& b, Tensor& c,
+                                     const Tensor& offsets, float alpha = 1.0f, float beta = 0.0f);
+  // True when the grouped_matmul_dev ops run without reading the offsets on the host, so that a
+  // caller gains by keeping the group boundaries on the device (Moe::forward); false for the
+  // reference, which reads them (a synchronisation per call on a device).
+  virtual bool device_grouped_gemms() const { return false; }
+  // counts[g] += o_{g+1} - o_g for g < G: the MoE load counts kept on the device. counts i64 [G]
+  // contiguous, offsets i32 [G+1] contiguous, both on this device. The reference (this default)
+  // reads both on the host (a synchronisation) and refuses bad offsets; the CUDA backend adds on
+  // the device without checking them (the GEMMs that read the same offsets report bad ones).
+  virtual void add_group_sizes(const Tensor& offsets, Tensor& counts);
   // dst[i] = src[idx[i] / div] for rows (div = K maps slots to tokens).
   virtual void gather_rows(const Tensor& src, const Tensor& idx, int64_t div, Tensor& dst) = 0;
   // dst[idx[i] / div] += w[idx[i]] * src[i] (w optional: nullptr = 1).

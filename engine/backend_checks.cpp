@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <climits>
 #include <cmath>
+#include <string>
 
 #include "base/error.h"
 
@@ -75,27 +76,47 @@ std::vector<GemmGroup> grouped_matmul(const Tensor& a, const Tensor& b, const Te
 }
 
 DevGroupedGemm grouped_matmul_dev(const Tensor& a, const Tensor& b, const Tensor& c,
-                                  const Tensor& offsets, Device device) {
-  rows(a, device, "grouped_matmul_dev a");
-  rows(c, device, "grouped_matmul_dev c");
-  f32(b, device, "grouped_matmul_dev b");
-  SHOAL_CHECK(b.ndim() == 3 && (b.stride(2) == 1 || b.size(2) <= 1),
-              "grouped_matmul_dev b: expected a 3-D tensor [G, n, k] with unit last stride, got "
-              "{} strides {}",
-              b.describe(), shape_str(b.strides()));
+                                  const Tensor& offsets, Device device, DevLayout layout) {
+  const char* op = layout == DevLayout::nt   ? "grouped_matmul_dev"
+                   : layout == DevLayout::nn ? "grouped_matmul_dev_nn"
+                                             : "grouped_matmul_dev_tn";
+  const std::string what(op);
+  rows(a, device, (what + " a").c_str());
+  const bool tn = layout == DevLayout::tn;
+  rows(tn ? b : c, device, (what + (tn ? " b" : " c")).c_str());
+  const Tensor& mats = tn ? c : b;  // the 3-D operand
+  const char* mats_name = tn ? "c" : "b";
+  f32(mats, device, (what + " " + mats_name).c_str());
+  SHOAL_CHECK(mats.ndim() == 3 && (mats.stride(2) == 1 || mats.size(2) <= 1),
+              "{} {}: expected a 3-D tensor [G, {}] with unit last stride, got {} strides {}", op,
+              mats_name, layout == DevLayout::nn ? "k, n" : "n, k", mats.describe(),
+              shape_str(mats.strides()));
   SHOAL_CHECK(offsets.defined() && offsets.dtype() == DType::i32 && offsets.ndim() == 1 &&
                   offsets.is_contiguous() && offsets.device() == device,
-              "grouped_matmul_dev offsets: expected a contiguous 1-D i32 tensor on {}, got {}",
+              "{} offsets: expected a contiguous 1-D i32 tensor on {}, got {}", op,
               device_name(device), offsets.defined() ? offsets.describe() : "undefined");
-  const int64_t groups = b.size(0), n = b.size(1), k = b.size(2), m = a.size(0);
-  SHOAL_CHECK(offsets.numel() == groups + 1, "grouped_matmul_dev: {} offsets for {} groups ({})",
-              offsets.numel(), groups, b.describe());
-  SHOAL_CHECK(a.size(1) == k && c.size(0) == m && c.size(1) == n,
-              "grouped_matmul_dev shapes: {} x ({})^T per group -> {}", a.describe(), b.describe(),
-              c.describe());
-  SHOAL_CHECK(groups > 0 || m == 0, "grouped_matmul_dev: {} rows and no groups", m);
+  const int64_t groups = mats.size(0), m = a.size(0);
+  // The GEMM's n and k as the layout names them (backend.h).
+  const int64_t n = layout == DevLayout::nn ? b.size(2) : mats.size(1);
+  const int64_t k = layout == DevLayout::nn ? b.size(1) : mats.size(2);
+  SHOAL_CHECK(offsets.numel() == groups + 1, "{}: {} offsets for {} groups ({})", op,
+              offsets.numel(), groups, mats.describe());
+  bool fits = false;
+  switch (layout) {
+    case DevLayout::nt:
+      fits = a.size(1) == k && c.size(0) == m && c.size(1) == n;
+      break;
+    case DevLayout::nn:
+      fits = a.size(1) == k && c.size(0) == m && c.size(1) == n;
+      break;
+    case DevLayout::tn:
+      fits = a.size(1) == n && b.size(0) == m && b.size(1) == k;
+      break;
+  }
+  SHOAL_CHECK(fits, "{} shapes: a {} b {} c {}", op, a.describe(), b.describe(), c.describe());
+  SHOAL_CHECK(groups > 0 || m == 0, "{}: {} rows and no groups", op, m);
   SHOAL_CHECK(m <= INT32_MAX && n <= INT32_MAX && k <= INT32_MAX,
-              "grouped_matmul_dev: dims exceed int32 ({} x {} x {})", m, n, k);
+              "{}: dims exceed int32 ({} x {} x {})", op, m, n, k);
   return {groups, m, n, k};
 }
 
@@ -124,6 +145,20 @@ void moe_offsets(const Tensor& offsets, int64_t n_experts, Device device) {
               "moe_sort_offsets: offsets must be a contiguous i32 tensor of {} + 1 elements on {}, "
               "got {}",
               n_experts, device_name(device), offsets.defined() ? offsets.describe() : "undefined");
+}
+
+void add_group_sizes(const Tensor& offsets, const Tensor& counts, Device device) {
+  SHOAL_CHECK(counts.defined() && counts.dtype() == DType::i64 && counts.ndim() == 1 &&
+                  counts.is_contiguous() && counts.device() == device,
+              "add_group_sizes: counts must be a contiguous 1-D i64 tensor on {}, got {}",
+              device_name(device), counts.defined() ? counts.describe() : "undefined");
+  SHOAL_CHECK(offsets.defined() && offsets.dtype() == DType::i32 && offsets.ndim() == 1 &&
+                  offsets.is_contiguous() && offsets.device() == device &&
+                  offsets.numel() == counts.numel() + 1,
+              "add_group_sizes: offsets must be a contiguous i32 tensor of {} + 1 elements on {}, "
+              "got {}",
+              counts.numel(), device_name(device),
+              offsets.defined() ? offsets.describe() : "undefined");
 }
 
 BatchedGemm batched_matmul(const Tensor& a, bool ta, const Tensor& b, bool tb, const Tensor& c,

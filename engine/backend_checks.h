@@ -35,15 +35,22 @@ std::vector<GemmGroup> grouped_matmul(const Tensor& a, const Tensor& b, const Te
 // stride), b f32 [G, n, k] with unit last stride, offsets contiguous i32 [G+1]; all on `device`.
 // A call with rows but no groups is refused (its offsets cannot end at rows). The offsets'
 // values are group_offsets' to check (on the host) or the kernel's.
+// The layouts: nt (grouped_matmul_dev), nn (grouped_matmul_dev_nn: b [G, k, n]) and tn
+// (grouped_matmul_dev_tn: a [rows, n], b [rows, k] rows, c [G, n, k] with unit last stride).
+enum class DevLayout { nt, nn, tn };
 struct DevGroupedGemm {
   int64_t groups, rows, n, k;
 };
 DevGroupedGemm grouped_matmul_dev(const Tensor& a, const Tensor& b, const Tensor& c,
-                                  const Tensor& offsets, Device device);
+                                  const Tensor& offsets, Device device,
+                                  DevLayout layout = DevLayout::nt);
 // The rows per group of host offsets (i32 [G+1]): 0 = o_0 <= o_1 <= ... <= o_G = rows.
 std::vector<int64_t> group_offsets(const Tensor& offsets, int64_t rows, const char* what);
 // Backend::moe_sort_offsets's offsets: contiguous i32 [n_experts + 1] on `device`.
 void moe_offsets(const Tensor& offsets, int64_t n_experts, Device device);
+// Backend::add_group_sizes's operands: counts contiguous i64 [G], offsets contiguous i32 [G + 1],
+// both on `device` (the offsets' values are the caller's to check).
+void add_group_sizes(const Tensor& offsets, const Tensor& counts, Device device);
 
 // Backend::batched_matmul's operands: f32 on `device`, 3-D with unit last stride, the same
 // batch size, and shapes that multiply (op(a[i]) [m, k], op(b[i]) [k, n], c[i] [m, n]).

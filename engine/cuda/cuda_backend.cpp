@@ -22,6 +22,7 @@
 #include "kernels/indexer/topk_select.h"
 #include "kernels/loss/loss.h"
 #include "kernels/memory/copy.h"
+#include "kernels/moe/expert_gemm.h"
 #include "kernels/moe/grouped_gemm.h"
 #include "kernels/moe/moe.h"
 #include "kernels/norm/layernorm.h"
@@ -150,6 +151,29 @@ class CudaBackend final : public Backend {
 
   Device device() const override { return Device::cuda; }
   Allocator& allocator() override { return *ctx_.allocator; }
+  // Free memory as the driver reports it plus what the stream-ordered pool holds cached (freed
+  // blocks it would hand out again).
+  bool memory_info(size_t& free, size_t& total) const override {
+    int prev = 0;
+    cudaGetDevice(&prev);
+    if (prev != ctx_.device) cudaSetDevice(ctx_.device);
+    const cudaError_t err = cudaMemGetInfo(&free, &total);
+    uint64_t reserved = 0, used = 0;
+    cudaMemPool_t pool = nullptr;
+    if (err == cudaSuccess && cudaDeviceGetDefaultMemPool(&pool, ctx_.device) == cudaSuccess &&
+        cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemCurrent, &reserved) ==
+            cudaSuccess &&
+        cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemCurrent, &used) == cudaSuccess &&
+        reserved > used)
+      free += size_t(reserved - used);
+    if (prev != ctx_.device) cudaSetDevice(prev);
+    if (err != cudaSuccess) cudaGetLastError();
+    return err == cudaSuccess;
+  }
+  // The f32 value, and in bf16 GEMM mode its kept bf16 copy.
+  size_t bytes_per_parameter() const override {
+    return sizeof(float) + (opt_.gemm == CudaGemm::bf16 ? sizeof(uint16_t) : 0);
+  }
   Allocator& host_allocator() override {
     static PinnedAllocator* pinned = new PinnedAllocator;  // never destroyed, like the contexts
     return *pinned;
@@ -1189,13 +1213,23 @@ class CudaBackend final : public Backend {
     launch_moe_sort(topk_idx, n_experts, order, offsets.i32(), "moe_sort_offsets");
   }
 
-  // bf16 mode: one launch of kernels/moe/grouped_gemm.cu over a grid bounded on the host, the
-  // activation rounded as it is loaded, the weight's kept bf16 copy read in place. f32 and tf32
-  // modes: the reference (host offsets, grouped_matmul), which synchronises.
+  // The grouped GEMMs with device offsets run on the device in bf16 mode (unless the options turn
+  // that off); in the f32 and tf32 modes they are the reference (host offsets, grouped_matmul),
+  // which synchronises.
+  bool device_grouped_gemms() const override {
+    return opt_.gemm == CudaGemm::bf16 && opt_.device_grouped_gemms;
+  }
+
+  // Decode-sized groups (at most kDecodeRowsPerGroup rows per group on average, known on the host
+  // from the shapes) take kernels/moe/grouped_gemm.cu (the product transposed, 8/16/32-row tiles,
+  // operands loaded straight into registers, k split within a block for small batches), larger
+  // ones kernels/moe/expert_gemm.cu's 128 x 128 tiles; both over a grid bounded on the host, the
+  // activation rounded as it is loaded, the weight's kept bf16 copy read in place.
+  static constexpr int64_t kDecodeRowsPerGroup = 64;
   void grouped_matmul_dev(const Tensor& a, const Tensor& b, Tensor& c,
                           const Tensor& offsets) override {
     const auto g = backend_checks::grouped_matmul_dev(a, b, c, offsets, Device::cuda);
-    if (opt_.gemm != CudaGemm::bf16) {
+    if (!device_grouped_gemms()) {
       Backend::grouped_matmul_dev(a, b, c, offsets);
       return;
     }
@@ -1205,6 +1239,11 @@ class CudaBackend final : public Backend {
       return;
     }
     const Bf16Operand b16 = bf16_operand(b);
+    if (g.rows > kDecodeRowsPerGroup * g.groups) {
+      run_expert_gemm(kernels::ExpertGemmLayout::nt, a, c, offsets, g, 1.0f, 0.0f, b16.ptr,
+                      b16.row_stride, b16.matrix_stride);
+      return;
+    }
     kernels::GroupedGemmParams p;
     p.a = a.f32();
     p.lda = row_stride(a);
@@ -1221,6 +1260,85 @@ class CudaBackend final : public Backend {
     p.status = ctx_.status;
     p.op = op_id(FaultOp::grouped_matmul_dev);
     SHOAL_CUDA_CHECK(kernels::grouped_gemm_bf16_cuda(p, stream()));
+  }
+
+  void grouped_matmul_dev_nn(const Tensor& a, const Tensor& b, Tensor& c,
+                             const Tensor& offsets) override {
+    const auto g = backend_checks::grouped_matmul_dev(a, b, c, offsets, Device::cuda,
+                                                      backend_checks::DevLayout::nn);
+    if (!device_grouped_gemms()) {
+      Backend::grouped_matmul_dev_nn(a, b, c, offsets);
+      return;
+    }
+    if (g.rows == 0 || g.n == 0) return;
+    if (g.k == 0) {
+      zero(c);
+      return;
+    }
+    const Bf16Operand b16 = bf16_operand(b);
+    run_expert_gemm(kernels::ExpertGemmLayout::nn, a, c, offsets, g, 1.0f, 0.0f, b16.ptr,
+                    b16.row_stride, b16.matrix_stride);
+  }
+
+  // Both operands are activations (f32, rounded in the kernel); c is the gradient, f32.
+  void grouped_matmul_dev_tn(const Tensor& a, const Tensor& b, Tensor& c, const Tensor& offsets,
+                             float alpha, float beta) override {
+    const auto g = backend_checks::grouped_matmul_dev(a, b, c, offsets, Device::cuda,
+                                                      backend_checks::DevLayout::tn);
+    if (!device_grouped_gemms()) {
+      Backend::grouped_matmul_dev_tn(a, b, c, offsets, alpha, beta);
+      return;
+    }
+    if (g.groups == 0 || g.n == 0 || g.k == 0) return;
+    run_expert_gemm(kernels::ExpertGemmLayout::tn, a, c, offsets, g, alpha, beta, nullptr, 0, 0,
+                    &b);
+  }
+
+  // One launch of kernels/moe/expert_gemm.cu. b16 (row stride ldb16, matrix stride b16_stride):
+  // the weight's bf16 copy (nt, nn); b_f32: tn's second activation.
+  void run_expert_gemm(kernels::ExpertGemmLayout layout, const Tensor& a, Tensor& c,
+                       const Tensor& offsets, const backend_checks::DevGroupedGemm& g, float alpha,
+                       float beta, const uint16_t* b16, int64_t ldb16, int64_t b16_stride,
+                       const Tensor* b_f32 = nullptr) {
+    const bool tn = layout == kernels::ExpertGemmLayout::tn;
+    kernels::ExpertGemmParams p;
+    p.layout = layout;
+    p.a = g.rows > 0 ? a.f32() : nullptr;
+    p.lda = row_stride(a);
+    if (tn) {
+      p.b_f32 = g.rows > 0 ? b_f32->f32() : nullptr;
+      p.ldb = row_stride(*b_f32);
+      p.ldc = backend_checks::matrix_row_stride(c);
+      p.c_stride = c.stride(0);
+    } else {
+      p.b = b16;
+      p.ldb = ldb16;
+      p.b_stride = b16_stride;
+      p.ldc = row_stride(c);
+    }
+    p.c = c.f32();
+    p.offsets = offsets.i32();
+    p.rows = g.rows;
+    p.n = g.n;
+    p.k = g.k;
+    p.groups = g.groups;
+    p.alpha = alpha;
+    p.beta = beta;
+    p.status = ctx_.status;
+    p.op = op_id(FaultOp::grouped_matmul_dev);
+    const int64_t counters = kernels::expert_gemm_workspace(p);
+    Tensor workspace;  // freed stream-ordered after the launch
+    if (counters > 0) {
+      workspace = empty({counters}, DType::i32);
+      p.workspace = workspace.i32();
+    }
+    SHOAL_CUDA_CHECK(kernels::expert_gemm_bf16_cuda(p, stream()));
+  }
+
+  void add_group_sizes(const Tensor& offsets, Tensor& counts) override {
+    backend_checks::add_group_sizes(offsets, counts, Device::cuda);
+    SHOAL_CUDA_CHECK(
+        kernels::add_group_sizes_cuda(offsets.i32(), counts.numel(), counts.i64(), stream()));
   }
 
   void gather_rows(const Tensor& src, const Tensor& idx, int64_t div, Tensor& dst) override {

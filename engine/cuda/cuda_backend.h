@@ -44,6 +44,12 @@ struct CudaBackendOptions {
   bool tf32_attention = false;
   CudaAttention attention = CudaAttention::f32;
   CudaGrouped grouped = CudaGrouped::loop;
+  // bf16 mode: the grouped GEMMs with device offsets (grouped_matmul_dev*) run the device kernels
+  // of kernels/moe/ and device_grouped_gemms() says so, so the MoE layers keep their group
+  // boundaries and load counts on the device. false: they run the reference (host offsets), as
+  // in the f32 and tf32 modes, and training's MoE layers read their counts back (the comparison
+  // point of the tests and benchmarks).
+  bool device_grouped_gemms = true;
 };
 
 // The backend on CUDA device `device` (its own stream, cuBLAS handle and allocator, shared by all

@@ -72,11 +72,59 @@ bool decode_graphs_default() {
 }
 }  // namespace
 
+ParameterCount parameter_count(const ModelConfig& c) {
+  ParameterCount n;
+  const int64_t d = c.hidden_size, h = c.num_attention_heads, dn = c.qk_nope_head_dim,
+                dr = c.qk_rope_head_dim, dv = c.v_head_dim, rkv = c.kv_lora_rank;
+  auto add = [&](int64_t elems, bool trainable = true) {
+    n.values += elems;
+    if (trainable) n.trainable += elems;
+  };
+  add(c.vocab_size * d);                              // embed_tokens
+  if (!c.tie_word_embeddings) add(c.vocab_size * d);  // lm_head
+  add(d);                                             // final norm
+  for (int64_t l = 0; l < c.num_hidden_layers; ++l) {
+    add(2 * d);  // input and post-attention norms
+    if (c.q_lora_rank > 0)
+      add(c.q_lora_rank * d + c.q_lora_rank + h * (dn + dr) * c.q_lora_rank);
+    else
+      add(h * (dn + dr) * d);
+    add((rkv + dr) * d + rkv + h * (dn + dv) * rkv + d * h * dv);
+    if (c.is_v32()) {
+      const int64_t hi = c.index_n_heads, di = c.index_head_dim;
+      add(hi * di * c.q_lora_rank + di * d + 2 * di + hi * d);
+    }
+    if (c.is_moe_layer(l)) {
+      const int64_t e = c.n_routed_experts, in = c.moe_intermediate_size;
+      add(e * d);           // router
+      add(e, false);        // e_score_correction_bias (a buffer)
+      add(e * 3 * in * d);  // gate_up + down
+      if (c.n_shared_experts > 0) add(3 * in * c.n_shared_experts * d);
+    } else {
+      add(3 * c.intermediate_size * d);
+    }
+  }
+  return n;
+}
+
 Model::Model(const ModelConfig& config, Backend& backend)
     : config_(config), be_(&backend), params_(backend), decode_graphs_on_(decode_graphs_default()) {
   config_.validate("model config");
   const ModelConfig& c = config_;
   int64_t d = c.hidden_size;
+  size_t free_b = 0, total_b = 0;
+  if (backend.memory_info(free_b, total_b)) {  // say so before allocating, not at the n-th tensor
+    const ParameterCount pc = parameter_count(c);
+    const double need = double(pc.values) * double(backend.bytes_per_parameter()) +
+                        double(pc.trainable) * sizeof(float);
+    auto gib = [](double b) { return b / double(size_t(1) << 30); };
+    SHOAL_CHECK(need <= double(free_b),
+                "the model does not fit on the {} device: its {:.3g} B parameters need {:.2f} GiB "
+                "({} bytes per parameter for the weights, 4 for each trainable one's gradient) and "
+                "the device has {:.2f} GiB free of {:.2f} GiB",
+                device_name(backend.device()), double(pc.values) * 1e-9, gib(need),
+                backend.bytes_per_parameter(), gib(double(free_b)), gib(double(total_b)));
+  }
   {
     auto& p = params_[params_.add("model.embed_tokens.weight", {c.vocab_size, d})];
     embed_ = p.value, g_embed_ = p.grad;

@@ -91,6 +91,13 @@ struct CachedForwardOptions {
   std::vector<std::vector<std::vector<int32_t>>>* dsa_topk = nullptr;
 };
 
+// The elements of a model's parameters (values; those with gradients), from its config alone:
+// what Model's constructor allocates, so that a device can refuse a model before loading it.
+struct ParameterCount {
+  int64_t values = 0, trainable = 0;
+};
+ParameterCount parameter_count(const ModelConfig& config);
+
 class Model {
  public:
   Model(const ModelConfig& config, Backend& backend);

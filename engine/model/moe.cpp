@@ -1,6 +1,7 @@
 // MoE forward/backward. Token-expert assignments are sorted by expert so each expert runs its
 // SwiGLU as dense GEMMs over a contiguous block of gathered rows (all experts' GEMMs in one
-// Backend::grouped_matmul per projection); results are scattered back with the router weights.
+// Backend::grouped_matmul per projection, or one grouped_matmul_dev* with the group boundaries
+// on the device); results are scattered back with the router weights.
 // The router weight gradient is dot(dy_token, expert_output) per assignment.
 #include "engine/model/moe.h"
 
@@ -34,8 +35,9 @@ Moe::Moe(const ModelConfig& c, ParamSet& ps, const std::string& prefix) : c_(c) 
 }
 
 namespace {
-// Moe::forward keeps the tokens per expert on the device up to this many assignments per expert
-// on average (the grouped kernel's row tile, kernels/moe/grouped_gemm.h).
+// Without grouped GEMMs that read the offsets on the device, Moe::forward keeps the tokens per
+// expert on the device for inference up to this many assignments per expert on average (the
+// decode kernel's row tile, kernels/moe/grouped_gemm.h).
 constexpr int64_t kDeviceGroupsMaxRowsPerExpert = 64;
 
 // Sequence-wise balance loss (DeepSeek-V3 §2.1.2) on host copies of the router outputs:
@@ -98,26 +100,34 @@ double Moe::forward(Backend& be, const Tensor& x, const std::vector<int64_t>& cu
   }
   be.route_noaux_tc(s.logits, bias_, rp_, s.scores, s.topk_idx, s.topk_w, replay_idx != nullptr);
   s.order = be.empty({n * k}, DType::i32);
-  // Inference on a device (no load counts, no balance loss, no backward) needs the tokens per
-  // expert only as the expert GEMMs' group boundaries, so they stay on the device: reading them
-  // back would synchronise the host with the GPU once per layer, which bounds the decode step
-  // (docs/PERFORMANCE.md). That pays while the groups are small (decode: a few rows per expert);
-  // above 64 rows per expert on average (prefill of many prompts) the per-expert cuBLAS GEMMs of
-  // the host path are faster than the grouped kernel and the synchronisation is amortised
-  // (moe-2b prefill of 256 x 256 tokens: 92k tokens/s with host counts, 72k without). Training
-  // and the CPU keep the host counts.
-  const bool device_groups = !count_load && balance_alpha <= 0 && be.device() != Device::cpu &&
-                             n * k <= kDeviceGroupsMaxRowsPerExpert * e;
+  // The tokens per expert are needed as the expert GEMMs' group boundaries (forward and
+  // backward) and, when counting, as the load counts. Reading them back would synchronise the
+  // host with the GPU once per layer, which bounds the decode step and stalls the training step
+  // (docs/PERFORMANCE.md), so where the backend's grouped GEMMs read boundaries on the device they
+  // stay there (prefix sums), and the load counts are summed there too (read back at the bias
+  // update). Without such GEMMs (f32 and tf32 CUDA modes: the reference reads the offsets on the
+  // host, once per GEMM) this pays only for inference at decode sizes. The balance loss needs the
+  // routing on the host anyway; the CPU keeps the host counts.
+  const bool device_groups =
+      balance_alpha <= 0 && be.device() != Device::cpu &&
+      (be.device_grouped_gemms() || (!count_load && n * k <= kDeviceGroupsMaxRowsPerExpert * e));
   s.counts.clear();
   s.offsets = Tensor();
   if (device_groups) {
     s.offsets = be.empty({e + 1}, DType::i32);
     be.moe_sort_offsets(s.topk_idx, e, s.order, s.offsets);
+    if (count_load) {
+      if (!load_dev_.defined()) load_dev_ = be.zeros({e}, DType::i64);
+      SHOAL_CHECK(load_dev_.device() == be.device(),
+                  "Moe::forward: the load counts live on {}, the forward runs on {}",
+                  device_name(load_dev_.device()), device_name(be.device()));
+      be.add_group_sizes(s.offsets, load_dev_);
+    }
   } else {
     be.moe_sort(s.topk_idx, e, s.order, s.counts);
+    if (count_load)
+      for (int64_t i = 0; i < e; ++i) load_[size_t(i)] += s.counts[size_t(i)];
   }
-  if (count_load)
-    for (int64_t i = 0; i < e; ++i) load_[size_t(i)] += s.counts[size_t(i)];
 
   s.xs = be.empty({n * k, x.size(1)});
   be.gather_rows(x, s.order, k, s.xs);
@@ -153,9 +163,10 @@ double Moe::forward(Backend& be, const Tensor& x, const std::vector<int64_t>& cu
 
 void Moe::backward(Backend& be, const MoeSaved& s, const Tensor& dy, Tensor& dx) {
   int64_t n = dy.size(0), e = c_.n_routed_experts, k = c_.num_experts_per_tok, d = dy.size(1);
-  SHOAL_CHECK(int64_t(s.counts.size()) == e,
-              "Moe::backward: the forward kept its expert counts on the device (count_load = "
-              "false and no balance loss: an inference forward), so it cannot be differentiated");
+  // Group boundaries: host counts, or the prefix sums the forward kept on the device.
+  const bool dev = s.counts.empty();
+  SHOAL_CHECK(int64_t(s.counts.size()) == e || (s.offsets.defined() && s.offsets.numel() == e + 1),
+              "Moe::backward: the saved forward has neither {} expert counts nor their offsets", e);
   if (has_shared_)
     swiglu_backward(be, shared_, s.shared, dy, dx, false);
   else
@@ -168,13 +179,21 @@ void Moe::backward(Backend& be, const MoeSaved& s, const Tensor& dy, Tensor& dx)
   be.scale_rows(dys, s.order, w_flat);
   // swiglu_backward (ffn.cpp) per expert, each GEMM grouped over the experts.
   Tensor dxs = be.empty({n * k, d});
-  be.grouped_matmul(dys, true, s.h, false, g_down_, s.counts, 1.0f, 1.0f);  // dW_down += dy^T h
   Tensor dh = be.empty(s.h.shape());
-  be.grouped_matmul(dys, false, down_, false, dh, s.counts);  // dh = dy W_down
   Tensor dgu = be.empty(s.gate_up.shape());
-  be.swiglu_backward(dh, s.gate_up, dgu);
-  be.grouped_matmul(dgu, true, s.xs, false, g_gate_up_, s.counts, 1.0f, 1.0f);
-  be.grouped_matmul(dgu, false, gate_up_, false, dxs, s.counts);
+  if (dev) {
+    be.grouped_matmul_dev_tn(dys, s.h, g_down_, s.offsets, 1.0f, 1.0f);  // dW_down += dy^T h
+    be.grouped_matmul_dev_nn(dys, down_, dh, s.offsets);                 // dh = dy W_down
+    be.swiglu_backward(dh, s.gate_up, dgu);
+    be.grouped_matmul_dev_tn(dgu, s.xs, g_gate_up_, s.offsets, 1.0f, 1.0f);
+    be.grouped_matmul_dev_nn(dgu, gate_up_, dxs, s.offsets);
+  } else {
+    be.grouped_matmul(dys, true, s.h, false, g_down_, s.counts, 1.0f, 1.0f);  // dW_down += dy^T h
+    be.grouped_matmul(dys, false, down_, false, dh, s.counts);                // dh = dy W_down
+    be.swiglu_backward(dh, s.gate_up, dgu);
+    be.grouped_matmul(dgu, true, s.xs, false, g_gate_up_, s.counts, 1.0f, 1.0f);
+    be.grouped_matmul(dgu, false, gate_up_, false, dxs, s.counts);
+  }
   be.scatter_add_rows(dxs, s.order, k, nullptr, dx);
   Tensor dlogits = be.empty({n, e});
   be.route_backward(dw.view({n, k}), s.scores, s.topk_idx, rp_, dlogits);
@@ -183,18 +202,29 @@ void Moe::backward(Backend& be, const MoeSaved& s, const Tensor& dy, Tensor& dx)
   be.matmul(dlogits, false, gate_, false, dx, 1.0f, 1.0f);
 }
 
+std::vector<int64_t> Moe::load(Backend& be) const {
+  std::vector<int64_t> total = load_;
+  if (load_dev_.defined()) {
+    const Tensor h = be.to_host(load_dev_);
+    for (size_t i = 0; i < total.size(); ++i) total[i] += h.i64()[i];
+  }
+  return total;
+}
+
 void Moe::update_bias(Backend& be, double gamma) {
   int64_t e = c_.n_routed_experts;
+  const std::vector<int64_t> load = this->load(be);
   double mean = 0;
-  for (auto l : load_) mean += double(l);
+  for (auto l : load) mean += double(l);
   mean /= double(e);
   Tensor b = be.to_host(bias_);
   for (int64_t i = 0; i < e; ++i) {
-    double diff = mean - double(load_[size_t(i)]);
+    double diff = mean - double(load[size_t(i)]);
     b.f32()[i] += float(gamma * (diff > 0 ? 1.0 : diff < 0 ? -1.0 : 0.0));
   }
   be.copy(be.from_host(b), bias_);
   load_.assign(size_t(e), 0);
+  if (load_dev_.defined()) be.zero(load_dev_);
 }
 
 }  // namespace shoal

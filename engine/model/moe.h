@@ -12,8 +12,8 @@ namespace shoal {
 
 struct MoeSaved {
   Tensor x, logits, scores, topk_idx, topk_w, order, xs, ys;
-  // Tokens per expert, on the host; or, when the forward ran without them (inference on a device
-  // backend: Moe::forward), their prefix sums on the device (i32 [E+1]) and counts empty.
+  // Tokens per expert, on the host; or, when the forward kept them on the device (Moe::forward),
+  // their prefix sums there (i32 [E+1]) and counts empty. backward works from either.
   std::vector<int64_t> counts;
   Tensor offsets;
   // The routed experts' SwiGLU over all assignments (rows grouped by expert as in xs):
@@ -28,16 +28,21 @@ class Moe {
   Moe(const ModelConfig& c, ParamSet& params, const std::string& prefix);
   // y = moe(x). replay_idx (i32 [N, K]) forces the expert choice (routing replay); balance_alpha
   // > 0 adds the sequence-wise balance loss, returned (already weighted by alpha).
-  // count_load = false leaves the load counts alone (inference); without them and without the
-  // balance loss, a device backend keeps the tokens per expert on the device when the groups are
-  // small (decode-sized batches: no host round trip; backward is then refused).
+  // count_load = false leaves the load counts alone (inference). Without the balance loss, a
+  // backend whose grouped GEMMs read their group boundaries on the device
+  // (Backend::device_grouped_gemms: CUDA in bf16 mode) keeps the tokens per expert there, for
+  // every batch size, in training too: no host round trip per layer, the load counts summed on
+  // the device. Other device backends do so for inference at decode sizes only (at most 64 rows
+  // per expert on average); the CPU, and the balance loss (which needs the routing on the host),
+  // keep host counts.
   double forward(Backend& be, const Tensor& x, const std::vector<int64_t>& cu_seqlens, Tensor& y,
                  MoeSaved& s, const Tensor* replay_idx, double balance_alpha,
                  bool count_load = true);
   void backward(Backend& be, const MoeSaved& s, const Tensor& dy, Tensor& dx);
 
-  // Tokens routed to each expert since the last bias update (summed over forwards).
-  const std::vector<int64_t>& load() const { return load_; }
+  // Tokens routed to each expert since the last bias update (summed over forwards). Reads the
+  // counts kept on the device back to the host: a synchronisation when there are any.
+  std::vector<int64_t> load(Backend& be) const;
   // bias_i += gamma * sign(mean_load - load_i); resets the counts.
   void update_bias(Backend& be, double gamma);
   Tensor bias() const { return bias_; }
@@ -49,7 +54,8 @@ class Moe {
   Tensor gate_up_, g_gate_up_, down_, g_down_;  // [E, 2I, D], [E, D, I]
   SwiGluWeights shared_;
   bool has_shared_ = false;
-  std::vector<int64_t> load_;
+  std::vector<int64_t> load_;  // counted on the host (host-count forwards)
+  Tensor load_dev_;            // i64 [E] on the device (device-offset forwards), made on first use
 };
 
 }  // namespace shoal

@@ -244,6 +244,19 @@ TEST_F(BackendOps, AddScaleSumSquares) {
   cpu().add(hy2, x2.h, 1.0f);
   gpu().add(dy2, x2.d, 1.0f);
   check("add", "2-D strided [6, 7] += contiguous", y2.h, y2.d, 0, kElemRtol);
+  // The float4 paths: contiguous with n % 4 == 0, and rows of 256 in strided 3-D views. With alpha
+  // a power of two the product is exact, so fused or not both backends round the same sum once:
+  // the results must be equal to the bit (with another alpha a result that cancels can differ by
+  // an ulp of the operands, far more than 1e-5 of itself).
+  Pair y4 = rand({1024}), x4 = rand({1024});
+  cpu().add(y4.h, x4.h, 0.5f);
+  gpu().add(y4.d, x4.d, 0.5f);
+  check("add", "contiguous [1024] (float4)", y4.h, y4.d, 0, 0);
+  Pair y5 = rand({20, 13, 260}), x5 = rand({20, 13, 256});
+  Tensor hy5 = y5.h.slice(2, 4, 260), dy5 = y5.d.slice(2, 4, 260);
+  cpu().add(hy5, x5.h, -2.0f);
+  gpu().add(dy5, x5.d, -2.0f);
+  check("add", "3-D strided, 260 rows of 256 (float4 rows)", y5.h, y5.d, 0, 0);
 
   cpu().scale(x.h, 1.7f);
   gpu().scale(x.d, 1.7f);
@@ -1093,27 +1106,29 @@ TEST_F(BackendOps, MoePermutation) {
     std::printf("[ %-24s] %-44s %s\n", "moe_sort counts", c.c_str(),
                 hc == dc ? "PASS (equal)" : "FAIL");
     Pair order = mirror(ho);
-    const int64_t d = 33;
-    Pair xb = rand({n, d + 2});
-    Tensor hx = xb.h.slice(1, 0, d), dx = xb.d.slice(1, 0, d);
-    Pair g = rand({n * k, d});
-    cpu().gather_rows(hx, order.h, k, g.h);
-    gpu().gather_rows(dx, order.d, k, g.d);
-    check("gather_rows", c + " div=K", g.h, g.d, 0, 0);
-    Pair w = rand({n * k});
-    for (int with_w = 0; with_w < 2; ++with_w) {
-      Pair out = rand({n, d});
-      cpu().scatter_add_rows(g.h, order.h, k, with_w ? &w.h : nullptr, out.h);
-      gpu().scatter_add_rows(g.d, order.d, k, with_w ? &w.d : nullptr, out.d);
-      check("scatter_add_rows", c + (with_w ? " weighted" : ""), out.h, out.d, 1e-6, 1e-5);
+    for (int64_t d : {33, 36}) {  // 36: rows of float4s (leading dimension 40)
+      const std::string c = fmt::format("N={} K={} E={} d={}", n, k, e, d);
+      Pair xb = rand({n, d + 4});
+      Tensor hx = xb.h.slice(1, 0, d), dx = xb.d.slice(1, 0, d);
+      Pair g = rand({n * k, d});
+      cpu().gather_rows(hx, order.h, k, g.h);
+      gpu().gather_rows(dx, order.d, k, g.d);
+      check("gather_rows", c + " div=K", g.h, g.d, 0, 0);
+      Pair w = rand({n * k});
+      for (int with_w = 0; with_w < 2; ++with_w) {
+        Pair out = rand({n, d});
+        cpu().scatter_add_rows(g.h, order.h, k, with_w ? &w.h : nullptr, out.h);
+        gpu().scatter_add_rows(g.d, order.d, k, with_w ? &w.d : nullptr, out.d);
+        check("scatter_add_rows", c + (with_w ? " weighted" : ""), out.h, out.d, 1e-6, 1e-5);
+      }
+      Pair b = rand({n * k, d}), dots = rand({n * k});
+      cpu().row_dot_scatter(g.h, b.h, order.h, dots.h);
+      gpu().row_dot_scatter(g.d, b.d, order.d, dots.d);
+      check("row_dot_scatter", c, dots.h, dots.d, 1e-6, 1e-5);
+      cpu().scale_rows(g.h, order.h, w.h);
+      gpu().scale_rows(g.d, order.d, w.d);
+      check("scale_rows", c, g.h, g.d, 0, 0);
     }
-    Pair b = rand({n * k, d}), dots = rand({n * k});
-    cpu().row_dot_scatter(g.h, b.h, order.h, dots.h);
-    gpu().row_dot_scatter(g.d, b.d, order.d, dots.d);
-    check("row_dot_scatter", c, dots.h, dots.d, 1e-6, 1e-5);
-    cpu().scale_rows(g.h, order.h, w.h);
-    gpu().scale_rows(g.d, order.d, w.d);
-    check("scale_rows", c, g.h, g.d, 0, 0);
   }
   if (!perf_enabled()) return;
   const int64_t n = 16384, k = 8, e = 256, d = 2048;

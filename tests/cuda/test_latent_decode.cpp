@@ -424,6 +424,28 @@ TEST_P(CachedCuda, RecordedDecodeStepsSeeWeightWrites) {
 
 INSTANTIATE_TEST_SUITE_P(Golden, CachedCuda, ::testing::Values("tiny_v3", "tiny_v3_yarn"));
 
+// A model larger than the device's free memory is refused by the constructor, before any of its
+// tensors is allocated (or a checkpoint read), with the sizes in the message.
+TEST(CachedCudaMemory, AModelTooLargeForTheDeviceSaysSoBeforeAllocating) {
+  const std::string reason = cuda_unavailable_reason();
+  if (!reason.empty()) GTEST_SKIP() << "no CUDA device: " << reason;
+  if (!std::filesystem::exists(data_dir() + "/tiny_v3")) GTEST_SKIP() << "no golden data";
+  auto gpu = make_cuda_backend(0, CudaBackendOptions{CudaGemm::bf16});
+  ModelConfig c = ModelConfig::load(data_dir() + "/tiny_v3");
+  c.vocab_size = int64_t(1) << 30;  // embedding and head: 2^31 x hidden parameters
+  const size_t live = cuda_live_bytes();
+  try {
+    Model m(c, *gpu);
+    FAIL() << "a model of " << parameter_count(c).values << " parameters was built";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("does not fit on the cuda device"), std::string::npos) << what;
+    EXPECT_NE(what.find("GiB free of"), std::string::npos) << what;
+    std::printf("[ cached cuda ] too large: %s\n", what.c_str());
+  }
+  EXPECT_EQ(cuda_live_bytes(), live);
+}
+
 TEST(CachedCudaDsa, V32DecodingOnTheDeviceIsAClearError) {
   const std::string reason = cuda_unavailable_reason();
   if (!reason.empty()) GTEST_SKIP() << "no CUDA device: " << reason;

@@ -29,6 +29,36 @@ std::string golden() {
   return std::string(SHOAL_TEST_DATA) + "/tiny_v3";
 }
 
+// parameter_count (what a device checks before allocating a model) equals what the constructor
+// allocates, on every golden config: V3, YaRN, V3.2 (DSA indexer), no q LoRA, dense and MoE
+// layers, tied embeddings.
+TEST(CheckpointLoad, ParameterCountMatchesTheConstructedModel) {
+  std::vector<fs::path> configs;
+  for (const auto& e : fs::recursive_directory_iterator(SHOAL_TEST_DATA))
+    if (e.path().filename() == "config.json") configs.push_back(e.path());
+  ASSERT_GE(configs.size(), 4u);
+  for (const fs::path& cfg : configs) {
+    ModelConfig c;
+    try {
+      c = ModelConfig::load(cfg.parent_path().string());
+    } catch (const Error&) {
+      continue;  // not a model config (a tokenizer's)
+    }
+    for (bool tie : {false, true}) {
+      c.tie_word_embeddings = tie;
+      Model m(c, cpu_backend());
+      int64_t values = 0, trainable = 0;
+      for (const Param& p : m.params()) {
+        values += p.value.numel();
+        if (p.grad.defined()) trainable += p.grad.numel();
+      }
+      const ParameterCount pc = parameter_count(c);
+      EXPECT_EQ(pc.values, values) << cfg << (tie ? " tied" : "");
+      EXPECT_EQ(pc.trainable, trainable) << cfg << (tie ? " tied" : "");
+    }
+  }
+}
+
 TEST(CheckpointLoad, Bf16CheckpointLoadsAsRoundedValues) {
   CheckpointReader src = CheckpointReader::open(golden());
   fs::path dir = fresh_dir("bf16");
