@@ -280,6 +280,27 @@ class CudaTimingBackend final : public Backend {
     timed("grouped_matmul_dev", 2.0 * double(a.size(0)) * double(b.size(1)) * double(b.size(2)),
           [&] { be_.grouped_matmul_dev(a, b, c, offsets); });
   }
+  // The data- and weight-gradient layouts: 2 rows n k each (b is [G, k, n] / c is [G, n, k]).
+  void grouped_matmul_dev_nn(const Tensor& a, const Tensor& b, Tensor& c,
+                             const Tensor& offsets) override {
+    timed("grouped_matmul_dev_nn", 2.0 * double(a.size(0)) * double(b.size(1)) * double(b.size(2)),
+          [&] { be_.grouped_matmul_dev_nn(a, b, c, offsets); });
+  }
+  void grouped_matmul_dev_tn(const Tensor& a, const Tensor& b, Tensor& c, const Tensor& offsets,
+                             float alpha, float beta) override {
+    timed("grouped_matmul_dev_tn", 2.0 * double(a.size(0)) * double(c.size(1)) * double(c.size(2)),
+          [&] { be_.grouped_matmul_dev_tn(a, b, c, offsets, alpha, beta); });
+  }
+  void add_group_sizes(const Tensor& offsets, Tensor& counts) override {
+    timed("add_group_sizes", 0, [&] { be_.add_group_sizes(offsets, counts); });
+  }
+  // What the inner backend says of itself (the MoE layers choose their path by it, the model
+  // checks its size against it).
+  bool device_grouped_gemms() const override { return be_.device_grouped_gemms(); }
+  bool memory_info(size_t& free, size_t& total) const override {
+    return be_.memory_info(free, total);
+  }
+  size_t bytes_per_parameter() const override { return be_.bytes_per_parameter(); }
   void gather_rows(const Tensor& src, const Tensor& idx, int64_t div, Tensor& dst) override {
     timed("gather_rows", 0, [&] { be_.gather_rows(src, idx, div, dst); });
   }
