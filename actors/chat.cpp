@@ -11,6 +11,7 @@
 #include "actors/tool_actor.h"
 #include "base/error.h"
 #include "engine/backend.h"
+#include "engine/device.h"
 #include "engine/generate/scheduler.h"
 #include "engine/model/model.h"
 #include "engine/tokenizer/chat_format.h"
@@ -48,6 +49,7 @@ json sandbox_tool_descriptions(const std::vector<std::string>& names) {
 struct ChatSession::Impl {
   ChatOptions opt;
   std::unique_ptr<Tokenizer> tok;
+  std::unique_ptr<Backend> backend;  // outlives the model and the scheduler
   std::unique_ptr<Model> model;
   std::unique_ptr<Scheduler> sched;
   std::unique_ptr<LocalSandbox> local;
@@ -133,7 +135,8 @@ ChatSession::ChatSession(const ChatOptions& o) : impl_(std::make_unique<Impl>())
   SHOAL_CHECK(s.tok->token_to_id(chat_marker::kEos).has_value(),
               "the tokenizer {} has no {} token: it is not a chat tokenizer", tf,
               chat_marker::kEos);
-  s.model = Model::from_pretrained(o.model_dir, cpu_backend());
+  s.backend = open_backend(o.device, o.precision);
+  s.model = Model::from_pretrained(o.model_dir, *s.backend);
   SHOAL_CHECK(s.model->config().vocab_size >= s.tok->vocab_size(),
               "{}: the model's vocab_size {} is smaller than the tokenizer's {}", o.model_dir,
               s.model->config().vocab_size, s.tok->vocab_size());

@@ -21,6 +21,8 @@ namespace shoal::actors {
 
 struct ChatOptions {
   std::string model_dir;
+  std::string device = "cpu";      // open_backend (engine/device.h): cpu, cuda, cuda:N
+  std::string precision = "bf16";  // on a GPU: bf16 or f32 GEMMs and attention
   std::string tokenizer_file;      // default: MODEL/tokenizer.json
   std::vector<std::string> tools;  // sandbox tool names offered to the model
   std::string system_prompt;       // the conversation's system message ("" = none)

@@ -22,6 +22,7 @@
 #include "actors/tool_actor.h"
 #include "base/error.h"
 #include "engine/backend.h"
+#include "engine/device.h"
 #include "engine/tokenizer/bpe_trainer.h"
 #include "sandbox/client.h"
 #include "tasks/registry.h"
@@ -455,7 +456,8 @@ ModelRun evaluate_model(const ModelSpec& m, const EvalSuiteSpec& suite, tasks::T
   std::string settings_from;
   PromptSettings ps = prompt_settings_for_model(m.dir, &settings_from);
   auto tokenizer = std::make_shared<const Tokenizer>(Tokenizer::load(m.tokenizer_file));
-  std::unique_ptr<Model> model = Model::from_pretrained(m.dir, cpu_backend());
+  std::unique_ptr<Backend> backend = open_backend(o.device, o.precision);  // outlives the model
+  std::unique_ptr<Model> model = Model::from_pretrained(m.dir, *backend);
   const ModelConfig& mc = model->config();
   SHOAL_CHECK(mc.vocab_size >= tokenizer->vocab_size(),
               "{}: the model's vocab_size {} is smaller than the tokenizer's {} ({})", m.dir,

@@ -103,11 +103,13 @@ std::vector<EpisodeResult> collect_each(caf::scoped_actor& self, const caf::acto
 // ---- `shoal eval` ----
 
 struct EvalOptions {
-  std::string model_dir;       // an HF model directory or a run's checkpoint
-  std::string tokenizer_file;  // default: MODEL/tokenizer.json
-  std::string suite_file;      // configs/eval/*.json form
-  int64_t samples = 0;         // 0: the suite's
-  double temperature = -1;     // < 0: the suite's sampling; 0: greedy; > 0: sampled at T
+  std::string model_dir;           // an HF model directory or a run's checkpoint
+  std::string device = "cpu";      // open_backend (engine/device.h): cpu, cuda, cuda:N
+  std::string precision = "bf16";  // on a GPU: bf16 or f32 GEMMs and attention
+  std::string tokenizer_file;      // default: MODEL/tokenizer.json
+  std::string suite_file;          // configs/eval/*.json form
+  int64_t samples = 0;             // 0: the suite's
+  double temperature = -1;         // < 0: the suite's sampling; 0: greedy; > 0: sampled at T
   std::string baseline_dir, baseline_tokenizer_file;
   std::string out_dir;           // default evals/<model>-<suite>-<time>
   std::string shoal_exe;         // to start `shoal sandboxd`

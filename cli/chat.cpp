@@ -25,6 +25,7 @@
 #include "base/error.h"
 #include "base/log.h"
 #include "cli/commands.h"
+#include "engine/device.h"
 
 namespace shoal::cli {
 
@@ -232,6 +233,8 @@ Run add_chat(CLI::App& app) {
   auto o = std::make_shared<Opts>();
   app.add_option("--model", o->chat.model_dir, "the model: an HF directory or a run's checkpoint")
       ->required();
+  app.add_option("--device", o->chat.device, kDeviceHelp)->capture_default_str();
+  app.add_option("--precision", o->chat.precision, kPrecisionHelp)->capture_default_str();
   app.add_option("--tokenizer", o->chat.tokenizer_file,
                  "tokenizer.json (default: MODEL/tokenizer.json)");
   app.add_option("--tools", o->tools,

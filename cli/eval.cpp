@@ -15,6 +15,7 @@
 #include "base/error.h"
 #include "cli/commands.h"
 #include "cli/eval_report.h"
+#include "engine/device.h"
 
 namespace shoal::cli {
 
@@ -149,6 +150,8 @@ Run add_eval(CLI::App& app) {
   app.add_option("--model", o->model_dir,
                  "the model: an HF directory or runs/NAME/checkpoints/step_N")
       ->required();
+  app.add_option("--device", o->device, kDeviceHelp)->capture_default_str();
+  app.add_option("--precision", o->precision, kPrecisionHelp)->capture_default_str();
   app.add_option("--suite", o->suite_file, "the eval suite (configs/eval/*.json)")->required();
   CLI::Option* samples = app.add_option("--samples", o->samples,
                                         "samples per task K (pass@1..K; default: the suite's)");

@@ -8,6 +8,7 @@
 #include <sstream>
 
 #include "cli/commands.h"
+#include "engine/device.h"
 #include "engine/generate/scheduler.h"
 #include "engine/tokenizer/chat_format.h"
 #include "engine/tokenizer/tokenizer.h"
@@ -16,7 +17,7 @@ namespace shoal::cli {
 
 Run add_generate(CLI::App& app) {
   struct Opts {
-    std::string model, prompt, messages, prompt_ids, stop_ids;
+    std::string model, prompt, messages, prompt_ids, stop_ids, device = "cpu", precision = "bf16";
     std::vector<std::string> stops;
     SamplingParams p;
     bool json = false;
@@ -33,6 +34,8 @@ Run add_generate(CLI::App& app) {
   auto* ids = app.add_option("--prompt-ids", o->prompt_ids, "comma-separated prompt token ids");
   prompt->excludes(messages)->excludes(ids);
   messages->excludes(ids);
+  app.add_option("--device", o->device, kDeviceHelp)->capture_default_str();
+  app.add_option("--precision", o->precision, kPrecisionHelp)->capture_default_str();
   app.add_flag("--greedy", o->p.greedy, "argmax decoding");
   app.add_option("--temperature", o->p.temperature)->capture_default_str();
   app.add_option("--top-k", o->p.top_k, "0 = off")->capture_default_str();
@@ -88,7 +91,8 @@ Run add_generate(CLI::App& app) {
     if (tok && o->p.stop_ids.empty() && tok->eos_id()) o->p.stop_ids = {*tok->eos_id()};
     SHOAL_CHECK(o->stops.empty() || tok.has_value(),
                 "{} has no tokenizer.json: --stop needs one (use --stop-ids)", o->model);
-    auto model = Model::from_pretrained(o->model, cpu_backend());
+    std::unique_ptr<Backend> backend = open_backend(o->device, o->precision);
+    auto model = Model::from_pretrained(o->model, *backend);
     SchedulerConfig sc;
     sc.max_sequences = 1;
     sc.max_batch_tokens = 512;

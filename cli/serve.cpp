@@ -10,6 +10,7 @@
 #include <thread>
 
 #include "cli/commands.h"
+#include "engine/device.h"
 #include "serve/server.h"
 
 namespace shoal::cli {
@@ -21,6 +22,8 @@ Run add_serve(CLI::App& app) {
                  "tokenizer.json)")
       ->required()
       ->check(CLI::ExistingDirectory);
+  app.add_option("--device", c->device, kDeviceHelp)->capture_default_str();
+  app.add_option("--precision", c->precision, kPrecisionHelp)->capture_default_str();
   app.add_option("--host", c->host, "address to listen on")->capture_default_str();
   app.add_option("--port", c->port, "port (0 = any free port)")->capture_default_str();
   app.add_option("--api-key", c->api_key, "require 'Authorization: Bearer KEY'");

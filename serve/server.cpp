@@ -16,6 +16,7 @@
 #include <random>
 
 #include "base/error.h"
+#include "engine/device.h"
 #include "engine/generate/scheduler.h"
 #include "engine/model/model.h"
 #include "engine/tokenizer/tokenizer.h"
@@ -66,6 +67,7 @@ struct StreamQueue {
 
 struct Server::Impl {
   ServerConfig cfg;
+  std::unique_ptr<Backend> backend;  // outlives the model and the scheduler
   std::unique_ptr<Model> model;
   std::optional<Tokenizer> tok;
   std::unique_ptr<Scheduler> sched;
@@ -430,7 +432,8 @@ Server::Server(ServerConfig config) : impl_(std::make_unique<Impl>()) {
     if (c.model_name.empty()) c.model_name = p.parent_path().filename().string();
   }
   m.tok = Tokenizer::load(c.model_dir);
-  m.model = Model::from_pretrained(c.model_dir, cpu_backend());
+  m.backend = open_backend(c.device, c.precision);
+  m.model = Model::from_pretrained(c.model_dir, *m.backend);
   m.context = m.model->config().max_position_embeddings;
   SchedulerConfig sc;
   sc.max_sequences = c.max_sequences;

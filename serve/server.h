@@ -15,8 +15,10 @@
 namespace shoal::serve {
 
 struct ServerConfig {
-  std::string model_dir;   // an HF checkpoint directory with a tokenizer.json
-  std::string model_name;  // the id clients send; empty = the directory's name
+  std::string model_dir;           // an HF checkpoint directory with a tokenizer.json
+  std::string device = "cpu";      // open_backend (engine/device.h): cpu, cuda, cuda:N
+  std::string precision = "bf16";  // on a GPU: bf16 or f32 GEMMs and attention
+  std::string model_name;          // the id clients send; empty = the directory's name
   std::string host = "127.0.0.1";
   int port = 8000;      // 0 = any free port (Server::port() says which)
   std::string api_key;  // non-empty: requests need "Authorization: Bearer KEY"

@@ -848,7 +848,7 @@ Tensor Model::decode_graph_step(LatentKvCache& cache, const std::vector<int64_t>
       g->why = why;
       decode_graph_stats_.refused = why;
       g->inputs = Tensor(), g->logits = Tensor();
-      log::warn("decode steps of {} rows run op by op (not as a recorded graph): {}", rows, why);
+      log::info("decode steps of {} rows run op by op (not as a recorded graph): {}", rows, why);
       return Tensor();
     }
     ++decode_graph_stats_.recorded;
