@@ -1491,6 +1491,9 @@ class CudaBackend final : public Backend {
     p.dim = dim;
     p.rank = rank;
     p.scale = scale;
+    // The attention precision the backend was opened with: reduced (tf32 or bf16) takes one TF32
+    // MMA per product on the decode path, f32 keeps 3xTF32.
+    p.tf32 = opt_.attention != CudaAttention::f32 || opt_.tf32_attention;
     p.status = ctx_.status;
     p.op = op_id(FaultOp::latent_attention);
     if (p.n == 0 || p.heads == 0) return;

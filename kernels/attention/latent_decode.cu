@@ -344,6 +344,8 @@ __device__ inline void mma_3xtf32(float (&c)[4], const uint32_t (&ab)[4], const 
   mma_tf32(c, ab, bb);
 }
 
+// kThree: 3xTF32 (f32 accuracy); else one TF32 MMA per product on operands rounded to TF32.
+template <bool kThree>
 __global__ void __launch_bounds__(kThreads, 1) latent_attention_tc_kernel(LatentAttentionParams p) {
   extern __shared__ float4 smem4[];
   float* sm = reinterpret_cast<float*>(smem4);
@@ -384,14 +386,23 @@ __global__ void __launch_bounds__(kThreads, 1) latent_attention_tc_kernel(Latent
     ls[tid] = 0.f;
   }
   __syncthreads();
+  // x -> its TF32 big part (and, for 3xTF32, the small part).
+  auto tf32_parts = [](float x, uint32_t& big, uint32_t& small) {
+    if constexpr (kThree) {
+      split_tf32(x, big, small);
+    } else {
+      big = to_tf32(x);
+      small = 0;
+    }
+  };
   uint32_t qb[kTcKsPerWarp][4], ql[kTcKsPerWarp][4];
 #pragma unroll
   for (int j = 0; j < kTcKsPerWarp; ++j) {
     const int d = (warp * kTcKsPerWarp + j) * 8 + t;
-    split_tf32(qs[g * kTcLd + d], qb[j][0], ql[j][0]);
-    split_tf32(qs[(g + 8) * kTcLd + d], qb[j][1], ql[j][1]);
-    split_tf32(qs[g * kTcLd + d + 4], qb[j][2], ql[j][2]);
-    split_tf32(qs[(g + 8) * kTcLd + d + 4], qb[j][3], ql[j][3]);
+    tf32_parts(qs[g * kTcLd + d], qb[j][0], ql[j][0]);
+    tf32_parts(qs[(g + 8) * kTcLd + d], qb[j][1], ql[j][1]);
+    tf32_parts(qs[g * kTcLd + d + 4], qb[j][2], ql[j][2]);
+    tf32_parts(qs[(g + 8) * kTcLd + d + 4], qb[j][3], ql[j][3]);
   }
 
   // Each warp loads two keys' rows; their pool rows are looked up a tile ahead (slots_of), so the
@@ -454,10 +465,12 @@ __global__ void __launch_bounds__(kThreads, 1) latent_attention_tc_kernel(Latent
       for (int nb = 0; nb < 2; ++nb) {
         const float* krow = kb + (nb * 8 + g) * kTcLd + (warp * kTcKsPerWarp + j) * 8 + t;
         uint32_t bb[2], bl[2];
-        split_tf32(krow[0], bb[0], bl[0]);
-        split_tf32(krow[4], bb[1], bl[1]);
-        mma_tf32(c[nb][0], ql[j], bb);
-        mma_tf32(c[nb][1], qb[j], bl);
+        tf32_parts(krow[0], bb[0], bl[0]);
+        tf32_parts(krow[4], bb[1], bl[1]);
+        if constexpr (kThree) {
+          mma_tf32(c[nb][0], ql[j], bb);
+          mma_tf32(c[nb][1], qb[j], bl);
+        }
         mma_tf32(c[nb][2], qb[j], bb);
       }
 #pragma unroll
@@ -508,18 +521,21 @@ __global__ void __launch_bounds__(kThreads, 1) latent_attention_tc_kernel(Latent
 #pragma unroll
     for (int kk = 0; kk < 2; ++kk) {
       uint32_t ab[4], al[4];
-      split_tf32(ps[g * kTcLdP + kk * 8 + t], ab[0], al[0]);
-      split_tf32(ps[(g + 8) * kTcLdP + kk * 8 + t], ab[1], al[1]);
-      split_tf32(ps[g * kTcLdP + kk * 8 + t + 4], ab[2], al[2]);
-      split_tf32(ps[(g + 8) * kTcLdP + kk * 8 + t + 4], ab[3], al[3]);
+      tf32_parts(ps[g * kTcLdP + kk * 8 + t], ab[0], al[0]);
+      tf32_parts(ps[(g + 8) * kTcLdP + kk * 8 + t], ab[1], al[1]);
+      tf32_parts(ps[g * kTcLdP + kk * 8 + t + 4], ab[2], al[2]);
+      tf32_parts(ps[(g + 8) * kTcLdP + kk * 8 + t + 4], ab[3], al[3]);
       const float* v0 = kb + (kk * 8 + t) * kTcLd + warp * 64 + g;
       const float* v1 = v0 + 4 * kTcLd;
 #pragma unroll
       for (int nb = 0; nb < 8; ++nb) {
         uint32_t bb[2], bl[2];
-        split_tf32(v0[nb * 8], bb[0], bl[0]);
-        split_tf32(v1[nb * 8], bb[1], bl[1]);
-        mma_3xtf32(o[nb], ab, al, bb, bl);
+        tf32_parts(v0[nb * 8], bb[0], bl[0]);
+        tf32_parts(v1[nb * 8], bb[1], bl[1]);
+        if constexpr (kThree)
+          mma_3xtf32(o[nb], ab, al, bb, bl);
+        else
+          mma_tf32(o[nb], ab, bb);
       }
     }
   }
@@ -609,16 +625,17 @@ int latent_attention_cuda(const LatentAttentionParams& p, void* stream) {
     return int(cudaErrorInvalidValue);
   const bool tc = use_tc(p);
   const size_t smem = tc ? tc_smem_bytes() : smem_bytes(p.dim);
-  cudaError_t e = tc ? cudaFuncSetAttribute(latent_attention_tc_kernel,
-                                            cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem))
-                     : cudaFuncSetAttribute(latent_attention_kernel,
-                                            cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
+  auto tc_kernel = p.tf32 ? latent_attention_tc_kernel<false> : latent_attention_tc_kernel<true>;
+  cudaError_t e =
+      tc ? cudaFuncSetAttribute(tc_kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem))
+         : cudaFuncSetAttribute(latent_attention_kernel,
+                                cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem));
   if (e != cudaSuccess) return int(e);
   const int64_t groups = (p.heads + kHeads - 1) / kHeads;
   auto st = static_cast<cudaStream_t>(stream);
   dim3 grid(unsigned(p.n), unsigned(p.splits), unsigned(groups));
   if (tc)
-    latent_attention_tc_kernel<<<grid, kThreads, smem, st>>>(p);
+    tc_kernel<<<grid, kThreads, smem, st>>>(p);
   else
     latent_attention_kernel<<<grid, kThreads, smem, st>>>(p);
   e = cudaGetLastError();

@@ -30,6 +30,9 @@ struct LatentAttentionParams {
   int64_t o_sn = 0, o_sh = 0;
   int64_t n = 0, heads = 0, dim = 0, rank = 0;
   float scale = 1.0f;
+  // DeepSeek's dims: one TF32 MMA per product (operands rounded to TF32, ~2^-11 relative each)
+  // instead of 3xTF32's f32 accuracy, for a backend whose attention precision is reduced anyway.
+  bool tf32 = false;
   // Set by latent_attention_plan: the KV split and, when splits > 1, the scratch it needs.
   int64_t splits = 1, keys_per_split = 0;
   float* work = nullptr;

@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -38,9 +39,26 @@ struct LatentCase {
   int64_t topk;               // > 0: DSA key lists of this width (-1 padded)
 };
 
+// x rounded to TF32 as cvt.rna does (nearest, ties away from zero): 10 mantissa bits kept.
+float tf32_rna(float x) {
+  uint32_t b;
+  std::memcpy(&b, &x, 4);
+  b = (b + 0x1000u) & 0xFFFFE000u;
+  std::memcpy(&x, &b, 4);
+  return x;
+}
+Tensor tf32_rounded(const Tensor& t) {
+  Tensor r = t.contiguous().clone();
+  for (int64_t i = 0; i < r.numel(); ++i) r.f32()[i] = tf32_rna(r.f32()[i]);
+  return r;
+}
+
 class LatentDecode : public BackendOps {
  protected:
-  void run_case(const LatentCase& c) {
+  // tf32: the device backend opened with reduced attention precision, whose kernel rounds q, the
+  // latents and the probabilities to TF32 and makes one MMA per product (LatentAttentionParams::
+  // tf32); the reference then takes q and the latents rounded alike.
+  void run_case(const LatentCase& c, bool tf32 = false) {
     const int64_t dim = c.rank + c.dr, pt = c.page_tokens, ns = int64_t(c.lens.size());
     // Page tables: distinct pages drawn at random from the pool (so page order != position
     // order); sequence 1 starts with sequence 0's first pages (shared, as after a fork).
@@ -84,11 +102,14 @@ class LatentDecode : public BackendOps {
     Pair ki = c.topk > 0 ? ints(keys, {n, c.topk}) : Pair{};
     const float scale = 1.0f / std::sqrt(float(c.rank / 4 + c.dr));
     Tensor ref = Tensor::empty({n, c.heads, c.rank}, DType::f32);
-    cpu().latent_attention(q.h, pool.h, pt, tbl.h, rs.h, rl.h, max_len,
-                           c.topk > 0 ? &ki.h : nullptr, scale, ref);
-    Tensor got = gpu().empty({n, c.heads, c.rank});
-    gpu().latent_attention(q.d, pool.d, pt, tbl.d, rs.d, rl.d, max_len,
-                           c.topk > 0 ? &ki.d : nullptr, scale, got);
+    cpu().latent_attention(tf32 ? tf32_rounded(q.h) : q.h, tf32 ? tf32_rounded(pool.h) : pool.h, pt,
+                           tbl.h, rs.h, rl.h, max_len, c.topk > 0 ? &ki.h : nullptr, scale, ref);
+    if (tf32 && !tf32_)
+      tf32_ = make_cuda_backend(0, CudaBackendOptions{CudaGemm::f32, false, CudaAttention::bf16});
+    Backend& be = tf32 ? *tf32_ : gpu();
+    Tensor got = be.empty({n, c.heads, c.rank});
+    be.latent_attention(q.d, pool.d, pt, tbl.d, rs.d, rl.d, max_len, c.topk > 0 ? &ki.d : nullptr,
+                        scale, got);
     // Tolerance from f32 arithmetic (u = 2^-24) against the f64 reference, inputs uniform in
     // [-1, 1]. A score sums dim products whose magnitudes add to about dim / 4; its rounding error
     // grows like sqrt(dim) * u times that (random-walk model of f32 summation), times the scale.
@@ -98,9 +119,14 @@ class LatentDecode : public BackendOps {
     // moves some output by up to ~1/L, above this for every L here.)
     const double u = std::ldexp(1.0, -24);
     const double score_err = std::sqrt(double(dim)) * u * scale * (double(dim) / 4);
-    const double atol = 8 * (score_err + std::sqrt(double(max_len)) * u);
-    check("latent_attention", c.name, ref, got, atol, 0.0);
+    double atol = 8 * (score_err + std::sqrt(double(max_len)) * u);
+    // With rounded q and latents in the reference too, what remains is the probabilities' TF32
+    // rounding in P V: each weight off by at most 2^-11 of itself, so the output (values in
+    // [-1, 1], weights summing to 1) by at most 2^-11 in all.
+    if (tf32) atol += std::ldexp(1.0, -11);
+    check(tf32 ? "latent_attention tf32" : "latent_attention", c.name, ref, got, atol, 0.0);
   }
+  std::unique_ptr<Backend> tf32_;
 };
 
 TEST_F(LatentDecode, ScatterRowsWritesThePoolRows) {
@@ -143,6 +169,9 @@ TEST_F(LatentDecode, AttentionMatchesTheCpuReference) {
       {"DSA h16 r512 topk 2048 split", 16, 512, 64, 64, {2500}, 2, 2048},
   };
   for (const LatentCase& c : cases) run_case(c);
+  // The one-MMA TF32 path of DeepSeek's dims (rank 512, dim 576); the others have no TF32 path.
+  for (const LatentCase& c : cases)
+    if (c.rank == 512 && c.dr == 64) run_case(c, true);
 }
 
 TEST_F(LatentDecode, AttentionReadBandwidthOnLongContexts) {
