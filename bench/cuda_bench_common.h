@@ -301,6 +301,10 @@ class CudaTimingBackend final : public Backend {
     return be_.memory_info(free, total);
   }
   size_t bytes_per_parameter() const override { return be_.bytes_per_parameter(); }
+  void combine_rows(const Tensor& src, const Tensor& idx, int64_t div, const Tensor* w,
+                    bool accumulate, Tensor& dst) override {
+    timed("combine_rows", 0, [&] { be_.combine_rows(src, idx, div, w, accumulate, dst); });
+  }
   void gather_rows(const Tensor& src, const Tensor& idx, int64_t div, Tensor& dst) override {
     timed("gather_rows", 0, [&] { be_.gather_rows(src, idx, div, dst); });
   }

@@ -11,6 +11,16 @@
 
 namespace shoal {
 
+void Backend::combine_rows(const Tensor& src, const Tensor& idx, int64_t div, const Tensor* w,
+                           bool accumulate, Tensor& dst) {
+  SHOAL_CHECK(src.ndim() == 2 && dst.ndim() == 2 && div >= 1 && src.size(0) == dst.size(0) * div &&
+                  idx.numel() == src.size(0) && src.size(1) == dst.size(1),
+              "combine_rows: src {} idx {} dst {} div {}", src.describe(), idx.describe(),
+              dst.describe(), div);
+  if (!accumulate) zero(dst);
+  scatter_add_rows(src, idx, div, w, dst);
+}
+
 std::unique_ptr<OpGraph> Backend::record(const std::function<void()>&, std::string& why) {
   why = fmt::format("the {} backend does not record op sequences", device_name(device()));
   return nullptr;

@@ -272,6 +272,15 @@ class Backend {
   // reads both on the host (a synchronisation) and refuses bad offsets; the CUDA backend adds on
   // the device without checking them (the GEMMs that read the same offsets report bad ones).
   virtual void add_group_sizes(const Tensor& offsets, Tensor& counts);
+  // The MoE combine in a fixed order: with idx a permutation of [0, R), R = src rows = dst rows x
+  // div, dst[t] = (accumulate ? dst[t] : 0) + the sum over the i with idx[i] / div == t, in
+  // increasing i, of w[idx[i]] * src[i] (w optional: 1). That is scatter_add_rows (onto zeros
+  // unless accumulate), which the reference (this default) calls; the CUDA backend inverts the
+  // permutation and gives each dst row to one block (no atomics), so its result does not vary
+  // from call to call. An idx that is not a permutation is reported (at the next
+  // synchronisation on a device).
+  virtual void combine_rows(const Tensor& src, const Tensor& idx, int64_t div, const Tensor* w,
+                            bool accumulate, Tensor& dst);
   // dst[i] = src[idx[i] / div] for rows (div = K maps slots to tokens).
   virtual void gather_rows(const Tensor& src, const Tensor& idx, int64_t div, Tensor& dst) = 0;
   // dst[idx[i] / div] += w[idx[i]] * src[i] (w optional: nullptr = 1).

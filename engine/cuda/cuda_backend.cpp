@@ -1364,6 +1364,39 @@ class CudaBackend final : public Backend {
     SHOAL_CUDA_CHECK(kernels::gather_rows_cuda(p, stream()));
   }
 
+  void combine_rows(const Tensor& src, const Tensor& idx, int64_t div, const Tensor* w,
+                    bool accumulate, Tensor& dst) override {
+    check_rows(src, "combine src");
+    check_rows(dst, "combine dst");
+    SHOAL_CHECK(idx.dtype() == DType::i32 && idx.is_contiguous() && idx.numel() == src.size(0) &&
+                    dst.size(1) == src.size(1) && div >= 1 && src.size(0) == dst.size(0) * div,
+                "combine_rows: src {} idx {} dst {} div {}", src.describe(), idx.describe(),
+                dst.describe(), div);
+    if (w) check_contig_f32(*w, "combine_rows w");
+    SHOAL_CHECK(!w || w->numel() == src.size(0), "combine_rows: {} weights for {} rows",
+                w ? w->numel() : 0, src.size(0));
+    if (div > kernels::kCombineMaxDiv) {  // the reference: atomics, order not fixed
+      Backend::combine_rows(src, idx, div, w, accumulate, dst);
+      return;
+    }
+    Tensor di = on_device(idx, "combine_rows idx");
+    Tensor inv = empty({std::max<int64_t>(1, di.numel())}, DType::i32);
+    kernels::RowOpParams p;
+    p.src = src.f32();
+    p.src_ld = row_stride(src);
+    p.dst = dst.f32();
+    p.dst_ld = row_stride(dst);
+    p.dst_rows = dst.size(0);
+    p.cols = src.size(1);
+    p.idx = di.numel() ? di.i32() : nullptr;
+    p.n_idx = di.numel();
+    p.div = div;
+    p.w = w ? w->f32() : nullptr;
+    p.w_count = w ? w->numel() : 0;
+    p.status = ctx_.status;
+    p.op = op_id(FaultOp::scatter_add_rows);
+    SHOAL_CUDA_CHECK(kernels::combine_rows_cuda(p, inv.i32(), accumulate, stream()));
+  }
   void scatter_add_rows(const Tensor& src, const Tensor& idx, int64_t div, const Tensor* w,
                         Tensor& dst) override {
     check_rows(src, "scatter src");

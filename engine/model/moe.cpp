@@ -145,9 +145,8 @@ double Moe::forward(Backend& be, const Tensor& x, const std::vector<int64_t>& cu
     be.swiglu_forward(s.gate_up, s.h);
     be.grouped_matmul(s.h, false, down_, true, s.ys, s.counts);
   }
-  be.zero(y);
   Tensor w_flat = s.topk_w.view({n * k});
-  be.scatter_add_rows(s.ys, s.order, k, &w_flat, y);
+  be.combine_rows(s.ys, s.order, k, &w_flat, false, y);
   if (has_shared_) swiglu_forward(be, shared_, x, y, s.shared, true);
 
   double loss = 0;
@@ -194,7 +193,7 @@ void Moe::backward(Backend& be, const MoeSaved& s, const Tensor& dy, Tensor& dx)
     be.grouped_matmul(dgu, true, s.xs, false, g_gate_up_, s.counts, 1.0f, 1.0f);
     be.grouped_matmul(dgu, false, gate_up_, false, dxs, s.counts);
   }
-  be.scatter_add_rows(dxs, s.order, k, nullptr, dx);
+  be.combine_rows(dxs, s.order, k, nullptr, true, dx);
   Tensor dlogits = be.empty({n, e});
   be.route_backward(dw.view({n, k}), s.scores, s.topk_idx, rp_, dlogits);
   if (s.balance_dlogits.defined()) be.add(dlogits, s.balance_dlogits);

@@ -30,6 +30,12 @@ struct RowOpParams {
 int gather_rows_cuda(const RowOpParams& p, void* stream);
 // dst[idx[i] / div] += (w ? w[idx[i]] : 1) * src[i] for i < n_idx.
 int scatter_add_rows_cuda(const RowOpParams& p, void* stream);
+// Backend::combine_rows: idx (n_idx = dst_rows * div entries) a permutation of [0, n_idx);
+// dst[t] = (accumulate ? dst[t] : 0) + sum over i with idx[i] / div == t, in increasing i, of
+// (w ? w[idx[i]] : 1) * src[i]. inv: scratch of n_idx int32 (the inverse permutation). A block
+// per dst row, no atomics; slots no index maps to are reported. div <= kCombineMaxDiv.
+constexpr int64_t kCombineMaxDiv = 64;
+int combine_rows_cuda(const RowOpParams& p, int32_t* inv, bool accumulate, void* stream);
 // out[idx[i]] = dot(a[i], b[i]) (a = src, b = dst read-only here) for i < n_idx; out_count slots.
 int row_dot_scatter_cuda(const RowOpParams& p, float* out, int64_t out_count, void* stream);
 // dst[i] *= w[idx[i]] for i < n_idx.

@@ -1121,6 +1121,18 @@ TEST_F(BackendOps, MoePermutation) {
         gpu().scatter_add_rows(g.d, order.d, k, with_w ? &w.d : nullptr, out.d);
         check("scatter_add_rows", c + (with_w ? " weighted" : ""), out.h, out.d, 1e-6, 1e-5);
       }
+      // combine_rows: the same sums in a fixed order (no atomics), so a second call gives the
+      // same bits; onto zeros and accumulating.
+      for (int acc = 0; acc < 2; ++acc) {
+        Pair out = rand({n, d});
+        Tensor again = gpu().from_host(out.h);
+        cpu().combine_rows(g.h, order.h, k, &w.h, acc, out.h);
+        gpu().combine_rows(g.d, order.d, k, &w.d, acc, out.d);
+        gpu().combine_rows(g.d, order.d, k, &w.d, acc, again);
+        const std::string cc = c + (acc ? " accumulate" : " onto zeros");
+        check("combine_rows", cc, out.h, out.d, 1e-6, 1e-5);
+        check("combine_rows", cc + ", second call", gpu().to_host(out.d), again, 0, 0);
+      }
       Pair b = rand({n * k, d}), dots = rand({n * k});
       cpu().row_dot_scatter(g.h, b.h, order.h, dots.h);
       gpu().row_dot_scatter(g.d, b.d, order.d, dots.d);
@@ -1129,6 +1141,15 @@ TEST_F(BackendOps, MoePermutation) {
       gpu().scale_rows(g.d, order.d, w.d);
       check("scale_rows", c, g.h, g.d, 0, 0);
     }
+  }
+  {  // an idx that is not a permutation (a slot twice, another never) is reported
+    Pair src = rand({6, 8}), dst = rand({3, 8});
+    Pair bad = ints({0, 1, 2, 3, 3, 5}, {6});
+    gpu().combine_rows(src.d, bad.d, 2, nullptr, false, dst.d);
+    EXPECT_THROW(cuda_synchronize(), Error);
+    Pair good = ints({5, 4, 3, 2, 1, 0}, {6});
+    gpu().combine_rows(src.d, good.d, 2, nullptr, false, dst.d);
+    EXPECT_NO_THROW(cuda_synchronize());
   }
   if (!perf_enabled()) return;
   const int64_t n = 16384, k = 8, e = 256, d = 2048;
