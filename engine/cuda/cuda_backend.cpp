@@ -1364,63 +1364,53 @@ class CudaBackend final : public Backend {
     SHOAL_CUDA_CHECK(kernels::gather_rows_cuda(p, stream()));
   }
 
+  // The checks and kernel parameters scatter_add_rows and combine_rows share: row i of src goes to
+  // row idx[i] / div of dst, times w[idx[i]] when w is given. di receives idx on the device; the
+  // caller keeps it until the launch.
+  kernels::RowOpParams scatter_params(const Tensor& src, const Tensor& idx, int64_t div,
+                                      const Tensor* w, Tensor& dst, const char* what, Tensor& di) {
+    check_rows(src, what);
+    check_rows(dst, what);
+    SHOAL_CHECK(idx.dtype() == DType::i32 && idx.is_contiguous() && idx.numel() == src.size(0) &&
+                    dst.size(1) == src.size(1) && div >= 1,
+                "{}: src {} idx {} dst {}", what, src.describe(), idx.describe(), dst.describe());
+    if (w) check_contig_f32(*w, what);
+    di = on_device(idx, what);
+    kernels::RowOpParams p;
+    p.src = src.f32();
+    p.src_ld = row_stride(src);
+    p.dst = dst.f32();
+    p.dst_ld = row_stride(dst);
+    p.dst_rows = dst.size(0);
+    p.cols = src.size(1);
+    p.idx = di.numel() ? di.i32() : nullptr;
+    p.n_idx = di.numel();
+    p.div = div;
+    p.w = w ? w->f32() : nullptr;
+    p.w_count = w ? w->numel() : 0;
+    p.status = ctx_.status;
+    p.op = op_id(FaultOp::scatter_add_rows);
+    return p;
+  }
   void combine_rows(const Tensor& src, const Tensor& idx, int64_t div, const Tensor* w,
                     bool accumulate, Tensor& dst) override {
-    check_rows(src, "combine src");
-    check_rows(dst, "combine dst");
-    SHOAL_CHECK(idx.dtype() == DType::i32 && idx.is_contiguous() && idx.numel() == src.size(0) &&
-                    dst.size(1) == src.size(1) && div >= 1 && src.size(0) == dst.size(0) * div,
-                "combine_rows: src {} idx {} dst {} div {}", src.describe(), idx.describe(),
-                dst.describe(), div);
-    if (w) check_contig_f32(*w, "combine_rows w");
-    SHOAL_CHECK(!w || w->numel() == src.size(0), "combine_rows: {} weights for {} rows",
-                w ? w->numel() : 0, src.size(0));
+    SHOAL_CHECK(src.ndim() == 2 && dst.ndim() == 2 && src.size(0) == dst.size(0) * div &&
+                    (!w || w->numel() == src.size(0)),
+                "combine_rows: src {} dst {} div {} weights {}", src.describe(), dst.describe(),
+                div, w ? w->numel() : 0);
     if (div > kernels::kCombineMaxDiv) {  // the reference: atomics, order not fixed
       Backend::combine_rows(src, idx, div, w, accumulate, dst);
       return;
     }
-    Tensor di = on_device(idx, "combine_rows idx");
+    Tensor di;
+    const kernels::RowOpParams p = scatter_params(src, idx, div, w, dst, "combine_rows", di);
     Tensor inv = empty({std::max<int64_t>(1, di.numel())}, DType::i32);
-    kernels::RowOpParams p;
-    p.src = src.f32();
-    p.src_ld = row_stride(src);
-    p.dst = dst.f32();
-    p.dst_ld = row_stride(dst);
-    p.dst_rows = dst.size(0);
-    p.cols = src.size(1);
-    p.idx = di.numel() ? di.i32() : nullptr;
-    p.n_idx = di.numel();
-    p.div = div;
-    p.w = w ? w->f32() : nullptr;
-    p.w_count = w ? w->numel() : 0;
-    p.status = ctx_.status;
-    p.op = op_id(FaultOp::scatter_add_rows);
     SHOAL_CUDA_CHECK(kernels::combine_rows_cuda(p, inv.i32(), accumulate, stream()));
   }
   void scatter_add_rows(const Tensor& src, const Tensor& idx, int64_t div, const Tensor* w,
                         Tensor& dst) override {
-    check_rows(src, "scatter src");
-    check_rows(dst, "scatter dst");
-    SHOAL_CHECK(idx.dtype() == DType::i32 && idx.is_contiguous() && idx.numel() == src.size(0) &&
-                    dst.size(1) == src.size(1) && div >= 1,
-                "scatter_add_rows: src {} idx {} dst {}", src.describe(), idx.describe(),
-                dst.describe());
-    if (w) check_contig_f32(*w, "scatter_add_rows w");
-    Tensor di = on_device(idx, "scatter_add_rows idx");
-    kernels::RowOpParams p;
-    p.src = src.f32();
-    p.src_ld = row_stride(src);
-    p.dst = dst.f32();
-    p.dst_ld = row_stride(dst);
-    p.dst_rows = dst.size(0);
-    p.cols = src.size(1);
-    p.idx = di.numel() ? di.i32() : nullptr;
-    p.n_idx = di.numel();
-    p.div = div;
-    p.w = w ? w->f32() : nullptr;
-    p.w_count = w ? w->numel() : 0;
-    p.status = ctx_.status;
-    p.op = op_id(FaultOp::scatter_add_rows);
+    Tensor di;
+    const kernels::RowOpParams p = scatter_params(src, idx, div, w, dst, "scatter_add_rows", di);
     SHOAL_CUDA_CHECK(kernels::scatter_add_rows_cuda(p, stream()));
   }
 

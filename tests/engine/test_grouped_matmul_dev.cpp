@@ -27,23 +27,37 @@ Tensor offsets_of(const std::vector<int64_t>& rows) {
   return o;
 }
 
-TEST(GroupedMatmulDev, CpuMatchesProductsInDouble) {
-  std::mt19937 rng(11);
-  const std::vector<std::vector<int64_t>> row_sets = {
-      {0, 1, 4, 0, 9, 1}, {0, 0}, {12}, {3}, {0, 0, 0, 1}};
+// The row sets of the layout tests: empty groups among full ones, one group, no rows.
+const std::vector<std::vector<int64_t>> kRowSets = {
+    {0, 1, 4, 0, 9, 1}, {0, 0}, {12}, {3}, {0, 0, 0, 1}};
+
+// The two layouts that write rows of c, on the CPU, against products summed in double: c_g =
+// a_g b[g]^T (grouped_matmul_dev, b [G, n, k]) or, with nn, c_g = a_g b[g] (_nn, b [G, k, n]).
+// Every operand is a column slice of a wider tensor (row strides above the widths, as in the
+// model's views); columns of c outside its view stay untouched.
+void check_row_layout(bool nn, uint32_t seed) {
+  std::mt19937 rng(seed);
   int64_t checked = 0;
-  for (const auto& rows : row_sets)
+  for (const auto& rows : kRowSets)
     for (int64_t k : {1, 19, 64})
       for (int64_t n : {1, 6, 33}) {
         const int64_t groups = int64_t(rows.size());
         const int64_t total = std::accumulate(rows.begin(), rows.end(), int64_t(0));
-        // Column slices of wider tensors: row strides above the widths, as in the model's views.
-        Tensor abig = randn({total, k + 3}, rng), bbig = randn({groups, n, k + 2}, rng);
+        const int64_t bw = nn ? n + 2 : k + 2;  // b's padded row width
+        Tensor abig = randn({total, k + 3}, rng);
+        Tensor bbig = nn ? randn({groups, k, bw}, rng) : randn({groups, n, bw}, rng);
         Tensor cbig = randn({total, n + 2}, rng);
         const Tensor c0 = cbig.clone();
-        Tensor a = abig.slice(1, 1, 1 + k), b = bbig.slice(2, 2, 2 + k),
-               c = cbig.slice(1, 1, 1 + n);
-        cpu_backend().grouped_matmul_dev(a, b, c, offsets_of(rows));
+        Tensor a = abig.slice(1, 1, 1 + k), b = bbig.slice(2, 2, bw), c = cbig.slice(1, 1, 1 + n);
+        if (nn)
+          cpu_backend().grouped_matmul_dev_nn(a, b, c, offsets_of(rows));
+        else
+          cpu_backend().grouped_matmul_dev(a, b, c, offsets_of(rows));
+        // b[g]'s element (row of c's column j, k index l) in bbig.
+        auto b_at = [&](int64_t g, int64_t j, int64_t l) {
+          return double(nn ? bbig.f32()[(g * k + l) * bw + 2 + j]
+                           : bbig.f32()[(g * n + j) * bw + 2 + l]);
+        };
         int64_t row = 0;
         for (int64_t g = 0; g < groups; ++g)
           for (int64_t r = 0; r < rows[size_t(g)]; ++r, ++row)
@@ -55,8 +69,7 @@ TEST(GroupedMatmulDev, CpuMatchesProductsInDouble) {
               }
               double s = 0, mag = 0;
               for (int64_t l = 0; l < k; ++l) {
-                const double p = double(abig.f32()[row * (k + 3) + 1 + l]) *
-                                 double(bbig.f32()[(g * n + (j - 1)) * (k + 2) + 2 + l]);
+                const double p = double(abig.f32()[row * (k + 3) + 1 + l]) * b_at(g, j - 1, l);
                 s += p;
                 mag += std::fabs(p);
               }
@@ -64,7 +77,8 @@ TEST(GroupedMatmulDev, CpuMatchesProductsInDouble) {
               // the product rounding's share and second order (c is overwritten: no beta term).
               const double bound = double(k + 2) * std::ldexp(1.0, -24) * mag;
               ASSERT_LE(std::fabs(got - s), bound)
-                  << "group " << g << " row " << row << " col " << j - 1 << " k " << k;
+                  << (nn ? "nn" : "nt") << " group " << g << " row " << row << " col " << j - 1
+                  << " k " << k;
               ++checked;
             }
         ASSERT_EQ(row, total);
@@ -72,49 +86,12 @@ TEST(GroupedMatmulDev, CpuMatchesProductsInDouble) {
   EXPECT_EQ(checked, 31 * (1 + 6 + 33) * 3);  // rows x columns x k values
 }
 
-// The row sets of the layout tests: empty groups among full ones, one group, no rows.
-const std::vector<std::vector<int64_t>> kRowSets = {
-    {0, 1, 4, 0, 9, 1}, {0, 0}, {12}, {3}, {0, 0, 0, 1}};
+TEST(GroupedMatmulDev, CpuMatchesProductsInDouble) {
+  check_row_layout(false, 11);
+}
 
 TEST(GroupedMatmulDev, NnCpuMatchesProductsInDouble) {
-  std::mt19937 rng(12);
-  int64_t checked = 0;
-  for (const auto& rows : kRowSets)
-    for (int64_t k : {1, 19, 64})
-      for (int64_t n : {1, 6, 33}) {
-        const int64_t groups = int64_t(rows.size());
-        const int64_t total = std::accumulate(rows.begin(), rows.end(), int64_t(0));
-        // b [G, k, n] as a column slice of [G, k, n + 2]; a and c column slices too.
-        Tensor abig = randn({total, k + 3}, rng), bbig = randn({groups, k, n + 2}, rng);
-        Tensor cbig = randn({total, n + 2}, rng);
-        const Tensor c0 = cbig.clone();
-        Tensor a = abig.slice(1, 1, 1 + k), b = bbig.slice(2, 2, 2 + n),
-               c = cbig.slice(1, 1, 1 + n);
-        cpu_backend().grouped_matmul_dev_nn(a, b, c, offsets_of(rows));
-        int64_t row = 0;
-        for (int64_t g = 0; g < groups; ++g)
-          for (int64_t r = 0; r < rows[size_t(g)]; ++r, ++row)
-            for (int64_t j = 0; j < n + 2; ++j) {
-              const double got = cbig.f32()[row * (n + 2) + j];
-              if (j == 0 || j == n + 1) {  // outside the view: untouched
-                ASSERT_EQ(got, c0.f32()[row * (n + 2) + j]) << "row " << row << " col " << j;
-                continue;
-              }
-              double s = 0, mag = 0;
-              for (int64_t l = 0; l < k; ++l) {
-                const double p = double(abig.f32()[row * (k + 3) + 1 + l]) *
-                                 double(bbig.f32()[(g * k + l) * (n + 2) + 2 + (j - 1)]);
-                s += p;
-                mag += std::fabs(p);
-              }
-              const double bound = double(k + 2) * std::ldexp(1.0, -24) * mag;  // as above
-              ASSERT_LE(std::fabs(got - s), bound)
-                  << "group " << g << " row " << row << " col " << j - 1 << " k " << k;
-              ++checked;
-            }
-        ASSERT_EQ(row, total);
-      }
-  EXPECT_EQ(checked, 31 * (1 + 6 + 33) * 3);
+  check_row_layout(true, 12);
 }
 
 // c[g] = alpha a_g^T b_g + beta c[g]: every group's matrix, empty groups included (beta c[g]),
